@@ -1,0 +1,97 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+# Every target installs what it needs and is cached: a second run rebuilds nothing.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+CACHE := .cache
+CLUSTER_DIR := $(CACHE)/cluster
+TINY_MODEL := $(CACHE)/tiny-model
+PYTEST_ARGS ?=
+
+.PHONY: help
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+# --- installs (cached) ------------------------------------------------------
+
+$(VENV)/.base-installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found: install Python >= 3.11"; exit 1; }
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+.PHONY: venv
+venv: $(VENV)/.base-installed ## Project virtualenv with the operator and dev tools
+
+.PHONY: serve-deps
+serve-deps: venv ## Ray + vLLM (CPU) serving stack in the virtualenv
+	@bash hack/install-serve-deps.sh $(VENV)
+
+.PHONY: tools
+tools: ## Go-built etcd, Kubernetes, KubeRay, KWOK and helm binaries in bin/
+	@bash hack/build-tools.sh
+
+.PHONY: model
+model: serve-deps ## The tiny random-weight model used by serve tests and the demo
+	@$(PY) -m tests.support.tinymodel --out $(TINY_MODEL)
+
+# --- generated files (CI fails when a committed copy is stale) -------------
+
+CRD_FILE := manifests/crd/llmservices.llmservice.dev.yaml
+
+.PHONY: crd
+crd: venv ## Regenerate the LLMService CRD from the pydantic models
+	$(PY) -m llmservice_operator.api.crd $(CRD_FILE)
+
+.PHONY: check-generated
+check-generated: venv ## Fail if a generated file differs from a fresh generation
+	$(PY) -m llmservice_operator.api.crd $(CRD_FILE) --check
+
+.PHONY: golden
+golden: venv ## Rewrite the rendering golden files (review the diff before committing)
+	$(PY) -m pytest tests/unit/test_golden.py --update-golden -q
+
+# --- checks and tests -----------------------------------------------------
+
+.PHONY: lint
+lint: venv ## ruff + mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+.PHONY: test-unit
+test-unit: venv ## Unit tests (no processes)
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+.PHONY: test-cluster
+test-cluster: venv tools ## Tests against the local control plane (etcd, kube-apiserver, KubeRay, KWOK)
+	$(PY) -m pytest tests/cluster -m cluster $(PYTEST_ARGS)
+
+.PHONY: test-serve
+test-serve: model ## Tests against real Ray + vLLM on CPU
+	$(PY) -m pytest tests/serve -m serve $(PYTEST_ARGS)
+
+.PHONY: test
+test: lint check-generated test-unit test-cluster test-serve ## Everything: lint, unit, cluster and serve tests
+
+# --- the local ground -------------------------------------------------------
+
+.PHONY: cluster-up
+cluster-up: venv tools ## Start the local control plane in the background
+	@$(PY) -m tests.cluster.harness up --dir $(CLUSTER_DIR)
+
+.PHONY: cluster-down
+cluster-down: venv ## Stop the local control plane
+	@$(PY) -m tests.cluster.harness down --dir $(CLUSTER_DIR)
+
+.PHONY: demo
+demo: venv tools ## End to end on the local control plane (see README)
+	@bash hack/demo.sh
+
+.PHONY: clean
+clean: ## Remove the virtualenv and caches (keeps Go's build cache)
+	rm -rf $(VENV) $(CACHE) bin

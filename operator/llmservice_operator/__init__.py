@@ -1,0 +1,3 @@
+"""LLMService operator: renders LLMService objects into KubeRay RayServices."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,423 @@
+"""The LLMService API, defined once.
+
+These pydantic models are the single source of truth: the CRD's OpenAPI schema is generated
+from them (``api/crd.py``), the operator and the CLI parse objects with them, and every field's
+description here becomes the CRD field doc that ``kubectl explain`` shows.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+
+class _Model(BaseModel):
+    """Base: camelCase on the wire, unknown fields are errors (never silently dropped)."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+    )
+
+
+def _cel(*rules: tuple[str, str]) -> dict[str, Any]:
+    """CEL rules for the CRD (x-kubernetes-validations): (rule, message) pairs."""
+    return {"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]}
+
+
+# --- model -----------------------------------------------------------------
+
+
+class SecretKeyRef(_Model):
+    """A key of a Secret in the LLMService's namespace."""
+
+    name: str = Field(min_length=1, max_length=253, description="Name of the Secret.")
+    key: str = Field(
+        default="token", min_length=1, max_length=253, description="Key within the Secret."
+    )
+
+
+class ModelSpec(_Model):
+    """Which weights to serve."""
+
+    source: str = Field(
+        min_length=1,
+        max_length=1024,
+        description=(
+            "Where the weights come from: a Hugging Face repo id (org/name), an s3:// or gs:// "
+            "URI, or an absolute path inside the Ray pods (for example a mounted PVC)."
+        ),
+    )
+    version: str | None = Field(
+        default=None,
+        max_length=256,
+        description=(
+            "Model revision: a Hugging Face revision (branch, tag or commit) or, for other "
+            "sources, a label of your choice. Changing it triggers a rollout."
+        ),
+    )
+    served_model_name: str | None = Field(
+        default=None,
+        max_length=256,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:-]*$",
+        description=(
+            "The model name clients pass to the OpenAI API. Defaults to the last path "
+            "segment of source."
+        ),
+    )
+    hf_token_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description=(
+            "Secret holding a Hugging Face token for gated models. It reaches the Ray pods as "
+            "an env var from the Secret; it is never copied into rendered objects."
+        ),
+    )
+
+
+# --- engine ----------------------------------------------------------------
+
+
+class Dtype(StrEnum):
+    AUTO = "auto"
+    HALF = "half"
+    FLOAT16 = "float16"
+    BFLOAT16 = "bfloat16"
+    FLOAT = "float"
+    FLOAT32 = "float32"
+
+
+class Quantization(StrEnum):
+    AWQ = "awq"
+    AWQ_MARLIN = "awq_marlin"
+    GPTQ = "gptq"
+    GPTQ_MARLIN = "gptq_marlin"
+    FP8 = "fp8"
+    BITSANDBYTES = "bitsandbytes"
+    COMPRESSED_TENSORS = "compressed-tensors"
+    GGUF = "gguf"
+    MARLIN = "marlin"
+    MODELOPT = "modelopt"
+
+
+class EngineSpec(_Model):
+    """vLLM engine settings; anything not listed goes in extraArgs."""
+
+    tensor_parallel_size: int = Field(
+        default=1, ge=1, le=64, description="GPUs one model shard group spans (vLLM TP)."
+    )
+    pipeline_parallel_size: int = Field(
+        default=1, ge=1, le=64, description="Pipeline stages; spans nodes when TP fills one node."
+    )
+    max_model_len: int | None = Field(
+        default=None, ge=16, le=10_000_000, description="Context length cap (vLLM max_model_len)."
+    )
+    gpu_memory_utilization: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=1.0,
+        description="Fraction of GPU memory vLLM may use (vLLM's default when unset).",
+    )
+    max_num_seqs: int | None = Field(
+        default=None, ge=1, le=65536, description="Sequences batched per engine step."
+    )
+    dtype: Dtype = Field(default=Dtype.AUTO, description="Weight and activation dtype.")
+    quantization: Quantization | None = Field(
+        default=None, description="Quantization method of the weights."
+    )
+    enable_prefix_caching: bool | None = Field(
+        default=None, description="Reuse KV cache across requests sharing a prefix."
+    )
+    enforce_eager: bool | None = Field(
+        default=None, description="Disable CUDA graphs (faster start, slower decode)."
+    )
+    extra_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description=(
+            "Further vLLM engine arguments, passed through as engine kwargs (snake_case keys, "
+            "e.g. swap_space). Keys the fields above cover are rejected."
+        ),
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+
+
+# --- scale -----------------------------------------------------------------
+
+
+class AutoscalingSpec(_Model):
+    """Ray Serve autoscaling bounds; live replica counts then belong to Ray."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            ("self.minReplicas <= self.maxReplicas", "minReplicas must be <= maxReplicas")
+        )
+    )
+
+    min_replicas: int = Field(
+        default=1, ge=0, le=1000, description="Lowest replica count (0 scales to zero)."
+    )
+    max_replicas: int = Field(ge=1, le=1000, description="Highest replica count.")
+    target_ongoing_requests: float = Field(
+        default=16, gt=0, le=100_000, description="Ongoing requests per replica Ray aims for."
+    )
+
+
+# --- GPU profile -----------------------------------------------------------
+
+
+class TolerationOperator(StrEnum):
+    EXISTS = "Exists"
+    EQUAL = "Equal"
+
+
+class TaintEffect(StrEnum):
+    NO_SCHEDULE = "NoSchedule"
+    PREFER_NO_SCHEDULE = "PreferNoSchedule"
+    NO_EXECUTE = "NoExecute"
+
+
+class Toleration(_Model):
+    """A pod toleration (the subset GPU node pools use)."""
+
+    key: str | None = Field(default=None, max_length=317, description="Taint key to tolerate.")
+    operator: TolerationOperator = Field(
+        default=TolerationOperator.EQUAL, description="Exists or Equal."
+    )
+    value: str | None = Field(default=None, max_length=63, description="Taint value (Equal).")
+    effect: TaintEffect | None = Field(default=None, description="Taint effect; empty = all.")
+
+
+class NodePool(_Model):
+    """One named GPU node pool; each becomes one Ray worker group."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=40,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="Pool name (DNS label); names the worker group.",
+    )
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Labels selecting this pool's nodes (added to the profile's)."
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list, description="Tolerations for this pool (added to the profile's)."
+    )
+    max_workers: int | None = Field(
+        default=None, ge=0, le=10_000, description="Cap on this pool's worker pods."
+    )
+
+
+class GPUProfile(_Model):
+    """The one place GPU facts live: Kubernetes scheduling and Ray resources both derive from it."""
+
+    accelerator_type: str = Field(
+        min_length=1,
+        max_length=64,
+        description="Ray accelerator type of the GPUs, e.g. A100, H100, L4 (Ray's names).",
+    )
+    gpus_per_node: int = Field(
+        default=1, ge=1, le=16, description="GPUs each worker pod requests (one pod per node)."
+    )
+    resource_name: str = Field(
+        default="nvidia.com/gpu",
+        max_length=253,
+        description="Extended resource the GPUs are advertised as.",
+    )
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Labels every GPU worker pod's node must have."
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list, description="Tolerations every GPU worker pod gets."
+    )
+    pools: list[NodePool] = Field(
+        default_factory=list,
+        max_length=8,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+        description=(
+            "Optional named node pools, in order of preference. Without pools there is one "
+            "worker group named gpu."
+        ),
+    )
+
+
+# --- pods, rollout ---------------------------------------------------------
+
+
+class Resources(_Model):
+    """CPU and memory of one pod (requests = limits, as Ray recommends)."""
+
+    cpu: str = Field(
+        default="4", pattern=r"^[0-9]+(\.[0-9]+|m)?$", description="CPU quantity, e.g. 4 or 500m."
+    )
+    memory: str = Field(
+        default="16Gi",
+        pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$",
+        description="Memory quantity, e.g. 16Gi.",
+    )
+
+
+def _head_default() -> Resources:
+    return Resources(cpu="2", memory="8Gi")
+
+
+class EnvVar(_Model):
+    """A plain environment variable for the Ray containers."""
+
+    name: str = Field(
+        min_length=1, max_length=253, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$", description="Name."
+    )
+    value: str = Field(default="", max_length=32768, description="Value.")
+
+
+class RolloutStrategy(StrEnum):
+    IN_PLACE = "InPlace"
+    BLUE_GREEN = "BlueGreen"
+
+
+class RolloutSpec(_Model):
+    """How a change of model version or engine settings reaches the running service."""
+
+    strategy: RolloutStrategy = Field(
+        default=RolloutStrategy.IN_PLACE,
+        description=(
+            "InPlace updates the Serve config on the running Ray cluster; BlueGreen brings up a "
+            "new Ray cluster and switches traffic once it is ready (KubeRay NewCluster upgrade)."
+        ),
+    )
+
+
+# --- the spec --------------------------------------------------------------
+
+
+class LLMServiceSpec(_Model):
+    """Desired state of an LLMService."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "!(has(self.replicas) && has(self.autoscaling))",
+                "replicas and autoscaling are mutually exclusive",
+            )
+        )
+    )
+
+    model: ModelSpec = Field(description="The model to serve.")
+    engine: EngineSpec = Field(
+        default_factory=EngineSpec, description="vLLM engine settings."
+    )
+    replicas: int | None = Field(
+        default=None,
+        ge=0,
+        le=1000,
+        description="Fixed number of model replicas (default 1). Mutually exclusive with autoscaling.",
+    )
+    autoscaling: AutoscalingSpec | None = Field(
+        default=None, description="Autoscale replicas between bounds instead of a fixed count."
+    )
+    max_ongoing_requests: int = Field(
+        default=64, ge=1, le=100_000, description="Requests one replica accepts at once."
+    )
+    gpu: GPUProfile | None = Field(
+        default=None,
+        description="GPU profile of the workers. Without it the model runs on CPU workers (vLLM CPU).",
+    )
+    image: str | None = Field(
+        default=None, max_length=512, description="Ray image for head and workers."
+    )
+    ray_version: str | None = Field(
+        default=None,
+        pattern=r"^[0-9]+\.[0-9]+\.[0-9]+$",
+        description="Ray version inside the image (KubeRay's rayVersion).",
+    )
+    head_resources: Resources = Field(
+        default_factory=_head_default, description="Ray head pod resources (the head runs no model)."
+    )
+    worker_resources: Resources = Field(
+        default_factory=Resources, description="CPU and memory of each worker pod."
+    )
+    route_prefix: str = Field(
+        default="/",
+        max_length=256,
+        pattern=r"^/([A-Za-z0-9._~-]+(/[A-Za-z0-9._~-]+)*)?$",
+        description="HTTP route prefix of the OpenAI API (e.g. / or /llama).",
+    )
+    env: list[EnvVar] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Extra env vars for Ray containers.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    rollout: RolloutSpec = Field(
+        default_factory=RolloutSpec, description="How changes roll out."
+    )
+
+
+# --- status ----------------------------------------------------------------
+
+
+class Condition(_Model):
+    """metav1.Condition."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="Condition type: Ready, Progressing or Degraded.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(description="CamelCase reason (constants in llmservice_operator.status).")
+    message: str = Field(default="", description="Human-readable detail.")
+    observed_generation: int | None = Field(
+        default=None, description="metadata.generation the condition was computed from."
+    )
+    last_transition_time: str = Field(description="When status last changed (RFC 3339).")
+
+
+class LLMServiceStatus(_Model):
+    """Observed state, computed from the owned RayService."""
+
+    model_config = ConfigDict(extra="allow")
+
+    phase: str | None = Field(default=None, description="Pending, Progressing, Ready or Failed.")
+    conditions: list[Condition] = Field(default_factory=list, description="Current conditions.")
+    observed_generation: int | None = Field(
+        default=None, description="metadata.generation last reconciled."
+    )
+    replicas: int | None = Field(default=None, description="Desired model replicas.")
+    ready_replicas: int | None = Field(default=None, description="Replicas serving traffic.")
+    selector: str | None = Field(
+        default=None, description="Label selector of the Ray pods (for the scale subresource)."
+    )
+    endpoint: str | None = Field(default=None, description="In-cluster OpenAI base URL.")
+    active_version: str | None = Field(default=None, description="Model version serving traffic.")
+    pending_version: str | None = Field(
+        default=None, description="Model version being rolled out, if any."
+    )
+    ray_service_name: str | None = Field(default=None, description="The owned RayService.")
+
+
+class ObjectMeta(BaseModel):
+    """The part of metadata the renderer reads; everything else is tolerated and ignored."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str = Field(min_length=1, max_length=253)
+    namespace: str = "default"
+    uid: str | None = None
+    generation: int | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class LLMService(BaseModel):
+    """A whole LLMService object as read from YAML or the API server."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    api_version: Literal["llmservice.dev/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["LLMService"]
+    metadata: ObjectMeta
+    spec: LLMServiceSpec
+    status: LLMServiceStatus | None = None
+

@@ -1,0 +1,30 @@
+"""Names shared by the API, the renderer and the operator: one place, so they never drift."""
+
+from typing import Final
+
+GROUP: Final = "llmservice.dev"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+KIND: Final = "LLMService"
+PLURAL: Final = "llmservices"
+SINGULAR: Final = "llmservice"
+SHORT_NAMES: Final = ("llmsvc",)
+
+RAY_API_VERSION: Final = "ray.io/v1"
+
+FIELD_MANAGER: Final = "llmservice-operator"
+
+# Labels the renderer puts on every child (Kubernetes recommended labels plus our own key).
+LABEL_NAME: Final = "app.kubernetes.io/name"
+LABEL_INSTANCE: Final = "app.kubernetes.io/instance"
+LABEL_COMPONENT: Final = "app.kubernetes.io/component"
+LABEL_PART_OF: Final = "app.kubernetes.io/part-of"
+LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+LABEL_LLMSERVICE: Final = f"{GROUP}/name"
+LABEL_MODEL_VERSION: Final = f"{GROUP}/model-version"
+LABEL_POOL: Final = f"{GROUP}/pool"
+
+ANNOTATION_SPEC_HASH: Final = f"{GROUP}/spec-hash"
+
+# Ray Serve's HTTP port inside the cluster; KubeRay's serve Service exposes it.
+SERVE_PORT: Final = 8000

@@ -1,0 +1,180 @@
+"""Pure rendering: LLMService -> [RayService]. No I/O, no clock, no randomness.
+
+The CLI (`llmservice render`) and the operator call the same function, so what a GitOps
+pipeline renders offline is exactly what the operator applies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import cache
+from typing import Any
+
+import jinja2
+import yaml
+
+from llmservice_operator import constants as c
+from llmservice_operator.api.models import LLMService, LLMServiceSpec, RolloutStrategy
+from llmservice_operator.plan import Plan, WorkerGroupPlan, plan
+from serve_app.args import AutoscalingArgs, DeploymentArgs, LLMAppArgs
+
+# Ray release the defaults target; images carry Python 3.11 like this package.
+DEFAULT_RAY_VERSION = "2.60.0"
+DEFAULT_GPU_IMAGE = f"rayproject/ray-llm:{DEFAULT_RAY_VERSION}-py311-cu128"
+DEFAULT_CPU_IMAGE = f"rayproject/ray:{DEFAULT_RAY_VERSION}-py311-cpu"
+SERVE_APP_IMPORT_PATH = "serve_app.app:build"
+SERVE_APP_NAME = "llm"
+HF_TOKEN_ENV = "HF_TOKEN"
+
+
+@cache
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("llmservice_operator.render", "templates"),
+        undefined=jinja2.StrictUndefined,  # a missing variable is a bug, never an empty string
+        autoescape=False,
+        keep_trailing_newline=True,
+    )
+
+
+def spec_hash(spec: LLMServiceSpec) -> str:
+    """Hash of the normalized spec (defaults applied): equal specs render equal objects."""
+    canonical = json.dumps(spec.model_dump(mode="json", by_alias=True), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _engine_kwargs(spec: LLMServiceSpec) -> dict[str, Any]:
+    eng = spec.engine
+    typed = eng.model_dump(mode="json", exclude={"extra_args"}, exclude_none=True)
+    # dtype "auto" is vLLM's own default: leave it out so the kwargs show only real choices.
+    if typed.get("dtype") == "auto":
+        del typed["dtype"]
+    return {**typed, **eng.extra_args}
+
+
+def app_args(svc: LLMService, p: Plan) -> LLMAppArgs:
+    spec = svc.spec
+    autoscaling = None
+    if spec.autoscaling is not None:
+        autoscaling = AutoscalingArgs(
+            min_replicas=spec.autoscaling.min_replicas,
+            max_replicas=spec.autoscaling.max_replicas,
+            target_ongoing_requests=spec.autoscaling.target_ongoing_requests,
+        )
+    return LLMAppArgs(
+        model_id=p.served_model_name,
+        model_source=spec.model.source,
+        model_version=spec.model.version,
+        hf_token_env=HF_TOKEN_ENV if spec.model.hf_token_secret_ref else None,
+        engine_kwargs=_engine_kwargs(spec),
+        accelerator_type=p.accelerator_type,
+        placement_bundles=p.placement_bundles,
+        deployment=DeploymentArgs(
+            num_replicas=p.replicas,
+            autoscaling=autoscaling,
+            max_ongoing_requests=spec.max_ongoing_requests,
+        ),
+    )
+
+
+def serve_config(svc: LLMService, p: Plan) -> str:
+    """serveConfigV2: the Ray Serve config text KubeRay submits to the cluster."""
+    config = {
+        "applications": [
+            {
+                "name": SERVE_APP_NAME,
+                "route_prefix": svc.spec.route_prefix,
+                "import_path": SERVE_APP_IMPORT_PATH,
+                "args": app_args(svc, p).model_dump(mode="json", exclude_none=True),
+            }
+        ]
+    }
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+def _labels(svc: LLMService) -> dict[str, str]:
+    return {
+        c.LABEL_NAME: "llmservice",
+        c.LABEL_INSTANCE: svc.metadata.name,
+        c.LABEL_COMPONENT: "inference",
+        c.LABEL_PART_OF: "llmservice",
+        c.LABEL_MANAGED_BY: c.FIELD_MANAGER,
+        c.LABEL_LLMSERVICE: svc.metadata.name,
+    }
+
+
+def _pod_labels(svc: LLMService) -> dict[str, str]:
+    labels = {c.LABEL_LLMSERVICE: svc.metadata.name}
+    if svc.spec.rollout.strategy is RolloutStrategy.BLUE_GREEN and svc.spec.model.version:
+        # Part of rayClusterConfig: a version change then makes KubeRay bring up a new cluster
+        # (blue/green) instead of updating the Serve app in place.
+        labels[c.LABEL_MODEL_VERSION] = _label_value(svc.spec.model.version)
+    return labels
+
+
+def _label_value(text: str) -> str:
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in text)[:63]
+    return safe.strip("-_.") or "unversioned"
+
+
+def _resources(cpu: str, memory: str, gpus: int = 0, gpu_resource: str = "") -> dict[str, Any]:
+    limits: dict[str, Any] = {"cpu": cpu, "memory": memory}
+    if gpus:
+        limits[gpu_resource] = gpus
+    return {"requests": dict(limits), "limits": limits}
+
+
+def _env(svc: LLMService) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [{"name": e.name, "value": e.value} for e in svc.spec.env]
+    ref = svc.spec.model.hf_token_secret_ref
+    if ref is not None:
+        secret = {"secretKeyRef": {"name": ref.name, "key": ref.key}}
+        env.append({"name": HF_TOKEN_ENV, "valueFrom": secret})
+    return env
+
+
+def _group_context(svc: LLMService, g: WorkerGroupPlan) -> dict[str, Any]:
+    spec = svc.spec
+    gpu_resource = spec.gpu.resource_name if spec.gpu is not None else ""
+    res = spec.worker_resources
+    return {
+        "name": g.name,
+        "replicas": g.replicas,
+        "min_replicas": g.min_replicas,
+        "max_replicas": g.max_replicas,
+        "gpus_per_pod": g.gpus_per_pod,
+        "node_selector": g.node_selector,
+        "tolerations": g.tolerations,
+        "pod_labels": {**_pod_labels(svc), c.LABEL_POOL: g.name},
+        "resources": _resources(res.cpu, res.memory, g.gpus_per_pod, gpu_resource),
+    }
+
+
+def render_rayservice(svc: LLMService) -> dict[str, Any]:
+    spec = svc.spec
+    p = plan(spec)
+    image = spec.image or (DEFAULT_GPU_IMAGE if spec.gpu is not None else DEFAULT_CPU_IMAGE)
+    context = {
+        "name": svc.metadata.name,
+        "namespace": svc.metadata.namespace,
+        "labels": _labels(svc),
+        "annotations": {c.ANNOTATION_SPEC_HASH: spec_hash(spec)},
+        "serve_config": serve_config(svc, p),
+        "ray_version": spec.ray_version or DEFAULT_RAY_VERSION,
+        "autoscaling": p.autoscaling,
+        "image": image,
+        "env": _env(svc),
+        "pod_labels": _pod_labels(svc),
+        "head_resources": _resources(spec.head_resources.cpu, spec.head_resources.memory),
+        "serve_port": c.SERVE_PORT,
+        "worker_groups": [_group_context(svc, g) for g in p.worker_groups],
+    }
+    text = _environment().get_template("rayservice.yaml.j2").render(context)
+    obj: dict[str, Any] = yaml.safe_load(text)
+    return obj
+
+
+def render(svc: LLMService) -> list[dict[str, Any]]:
+    """Every child object of one LLMService, RayService first."""
+    return [render_rayservice(svc)]

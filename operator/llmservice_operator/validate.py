@@ -1,0 +1,149 @@
+"""Validation beyond the schema: every rule reports the field path and the reason.
+
+The CRD's OpenAPI schema and CEL rules catch shape errors at admission; these rules need the
+whole spec (GPU layout arithmetic, cross-field limits) or protect objects that were stored
+before a rule existed. The CLI and the operator run the same function.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from llmservice_operator.api.models import EngineSpec, LLMService, LLMServiceSpec
+from llmservice_operator.errors import FieldError, InvalidSpecError, from_pydantic
+from llmservice_operator.plan import served_name_of, workers_for
+
+# Ray's accelerator type names (ray.util.accelerators); Ray schedules on "accelerator_type:<X>".
+KNOWN_ACCELERATOR_TYPES = frozenset(
+    {
+        "V100", "P100", "T4", "P4", "K80", "A10G", "A10", "L4", "L40S", "A100", "A100-40G",
+        "A100-80G", "H100", "H200", "H20", "B200", "GB200",
+        "AMD-Instinct-MI100", "AMD-Instinct-MI210", "AMD-Instinct-MI250X", "AMD-Instinct-MI300X-OAM",
+        "AMD-Instinct-MI325X-OAM", "AMD-Instinct-MI355X-OAM",
+        "TPU-V4", "TPU-V5P", "TPU-V5LITEPOD", "TPU-V6E",
+        "Intel-GPU-Max-1550", "Intel-GPU-Max-1100", "Intel-GAUDI",
+    }
+)  # fmt: skip
+
+_HF_REPO = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_REMOTE = re.compile(r"^(s3|gs)://[a-z0-9][a-z0-9._-]{1,62}(/.*)?$")
+_SNAKE = re.compile(r"^[a-z][a-z0-9_]*$")
+
+# Engine kwargs the typed EngineSpec fields own: extraArgs may not set them behind its back.
+_TYPED_ENGINE_KWARGS = frozenset(EngineSpec.model_fields) - {"extra_args"}
+_RESERVED_ENGINE_KWARGS = _TYPED_ENGINE_KWARGS | {"model", "served_model_name", "revision"}
+
+
+def parse(obj: Mapping[str, Any]) -> LLMService:
+    """Parse and fully validate one LLMService object, or raise InvalidSpecError."""
+    try:
+        svc = LLMService.model_validate(dict(obj))
+    except ValidationError as exc:
+        raise InvalidSpecError(from_pydantic(exc)) from None
+    errors = sorted(check_spec(svc.spec))
+    if errors:
+        raise InvalidSpecError(errors)
+    return svc
+
+
+def check_spec(spec: LLMServiceSpec) -> list[FieldError]:
+    return list(_check(spec))
+
+
+def _check(spec: LLMServiceSpec) -> Iterator[FieldError]:
+    yield from _check_model(spec)
+    yield from _check_scale(spec)
+    yield from _check_engine(spec)
+    yield from _check_gpu(spec)
+
+
+def _check_model(spec: LLMServiceSpec) -> Iterator[FieldError]:
+    src = spec.model.source
+    if not (_HF_REPO.match(src) or _REMOTE.match(src) or src.startswith("/")):
+        yield FieldError(
+            "spec.model.source",
+            f"{src!r} is not a Hugging Face repo id (org/name), an s3:// or gs:// URI, "
+            "or an absolute path",
+        )
+    elif spec.model.served_model_name is None and not served_name_of(src):
+        yield FieldError(
+            "spec.model.servedModelName", f"cannot derive a name from source {src!r}: set it"
+        )
+
+
+def _check_scale(spec: LLMServiceSpec) -> Iterator[FieldError]:
+    auto = spec.autoscaling
+    if auto is None:
+        return
+    if spec.replicas is not None:
+        yield FieldError("spec.replicas", "replicas and autoscaling are mutually exclusive")
+    if auto.min_replicas > auto.max_replicas:
+        yield FieldError(
+            "spec.autoscaling.minReplicas",
+            f"minReplicas ({auto.min_replicas}) must be <= maxReplicas ({auto.max_replicas})",
+        )
+    if auto.target_ongoing_requests > spec.max_ongoing_requests:
+        yield FieldError(
+            "spec.autoscaling.targetOngoingRequests",
+            f"{auto.target_ongoing_requests:g} exceeds maxOngoingRequests "
+            f"({spec.max_ongoing_requests}): replicas could never reach the target",
+        )
+
+
+def _check_engine(spec: LLMServiceSpec) -> Iterator[FieldError]:
+    for key in spec.engine.extra_args:
+        path = f"spec.engine.extraArgs.{key}"
+        if not _SNAKE.match(key):
+            yield FieldError(path, "engine kwargs are snake_case vLLM argument names")
+        elif key in _RESERVED_ENGINE_KWARGS:
+            yield FieldError(path, f"{key} is set by a typed field or by spec.model; use that")
+
+
+def _check_gpu(spec: LLMServiceSpec) -> Iterator[FieldError]:
+    gpu, eng = spec.gpu, spec.engine
+    if gpu is None:
+        return
+    if gpu.accelerator_type not in KNOWN_ACCELERATOR_TYPES:
+        yield FieldError(
+            "spec.gpu.acceleratorType",
+            f"unknown accelerator type {gpu.accelerator_type!r} "
+            f"(Ray's names, e.g. A100, H100, L4, L40S, A10G)",
+        )
+    tp, pp = eng.tensor_parallel_size, eng.pipeline_parallel_size
+    if tp > gpu.gpus_per_node:
+        yield FieldError(
+            "spec.engine.tensorParallelSize",
+            f"{tp} GPUs do not fit one node of {gpu.gpus_per_node} (spec.gpu.gpusPerNode); "
+            "keep tensor parallelism within a node and span nodes with pipelineParallelSize",
+        )
+    elif tp * pp > gpu.gpus_per_node and gpu.gpus_per_node % tp:
+        yield FieldError(
+            "spec.engine.tensorParallelSize",
+            f"{tp} does not divide gpusPerNode ({gpu.gpus_per_node}), so pipeline stages "
+            "cannot be packed onto whole nodes",
+        )
+    caps = [p.max_workers for p in gpu.pools]
+    if caps and None not in caps:
+        need = _max_replicas(spec)
+        workers = workers_for(need, tp * pp, gpu.gpus_per_node)
+        have = sum(c for c in caps if c is not None)
+        if workers > have:
+            yield FieldError(
+                "spec.gpu.pools",
+                f"{need} replicas need {workers} worker pods but the pools' maxWorkers "
+                f"allow {have}",
+            )
+    names = [p.name for p in gpu.pools]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            yield FieldError(f"spec.gpu.pools[{i}].name", f"duplicate pool name {name!r}")
+
+
+def _max_replicas(spec: LLMServiceSpec) -> int:
+    if spec.autoscaling is not None:
+        return spec.autoscaling.max_replicas
+    return 1 if spec.replicas is None else spec.replicas

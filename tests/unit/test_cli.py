@@ -1,0 +1,83 @@
+"""The offline CLI: exit codes and one `error: <path>: <reason>` line per problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llmservice_operator.cli import main
+from tests.unit.examples import EXAMPLES
+
+TINY = str(EXAMPLES / "tiny.yaml")
+
+
+def test_render_prints_rayservice(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["render", "-f", TINY]) == 0
+    (obj,) = list(yaml.safe_load_all(capsys.readouterr().out))
+    assert obj["kind"] == "RayService" and obj["metadata"]["name"] == "tiny"
+
+
+def test_validate_ok(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", "-f", TINY]) == 0
+    assert "ok: default/tiny" in capsys.readouterr().out
+
+
+BAD = """\
+apiVersion: llmservice.dev/v1alpha1
+kind: LLMService
+metadata: {name: a}
+spec:
+  model: {source: org/m}
+  replicas: 1
+  autoscaling: {maxReplicas: 2}
+---
+apiVersion: llmservice.dev/v1alpha1
+kind: LLMService
+metadata: {name: b}
+spec:
+  model: {source: org/m, colour: red}
+"""
+
+
+def test_validate_reports_every_problem_with_paths(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    f = tmp_path / "bad.yaml"
+    f.write_text(BAD)
+    assert main(["validate", "-f", str(f)]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert any(line.startswith("error: spec.replicas: ") and "document 1" in line for line in lines)
+    assert any(line.startswith("error: spec.model.colour: unknown field") for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("a: [", "not valid YAML"),
+        ("kind: LLMService\nkind: LLMService\n", "duplicate key"),
+        ("", "no LLMService documents"),
+    ],
+)
+def test_bad_files_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, needle: str
+) -> None:
+    f = tmp_path / "x.yaml"
+    f.write_text(text)
+    assert main(["validate", "-f", str(f)]) == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_diff_shows_a_replica_change(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rendered = tmp_path / "rendered.yaml"
+    assert main(["render", "-f", TINY]) == 0
+    rendered.write_text(capsys.readouterr().out)
+    assert main(["diff", "-f", TINY, "--against", str(rendered)]) == 0
+    assert capsys.readouterr().out == ""
+
+    changed = tmp_path / "tiny.yaml"
+    changed.write_text(Path(TINY).read_text().replace("replicas: 1", "replicas: 3"))
+    assert main(["diff", "-f", str(changed), "--against", str(rendered)]) == 1
+    out = capsys.readouterr().out
+    assert "-      replicas: 1" in out and "+      replicas: 3" in out

@@ -1,0 +1,101 @@
+"""Renderer properties users rely on, beyond the golden files."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import yaml
+
+from llmservice_operator.constants import ANNOTATION_SPEC_HASH
+from llmservice_operator.render import render_rayservice
+from llmservice_operator.validate import parse
+from serve_app.args import LLMAppArgs
+from tests.unit.examples import example_services
+
+EXAMPLES = example_services()
+
+
+def _render(obj: dict[str, Any]) -> dict[str, Any]:
+    return render_rayservice(parse(obj))
+
+
+def _app_args(rs: dict[str, Any]) -> LLMAppArgs:
+    (app,) = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"]
+    return LLMAppArgs.model_validate(app["args"])
+
+
+def test_same_input_same_output() -> None:
+    obj = EXAMPLES["llama-70b-a100-tp4"]
+    assert _render(obj) == _render(copy.deepcopy(obj))
+
+
+def test_hf_token_is_only_a_secret_reference() -> None:
+    obj = copy.deepcopy(EXAMPLES["llama-8b-l4"])
+    rs = _render(obj)
+    text = yaml.safe_dump(rs)
+    assert "hf-token" in text  # the Secret's name, as a reference...
+    envs = [
+        c["env"]
+        for c in rs["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"]
+    ]
+    assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}}} in envs[0]
+    assert _app_args(rs).hf_token_env == "HF_TOKEN"  # ...and the app reads the env var name
+
+
+def test_parent_metadata_is_never_copied() -> None:
+    obj = copy.deepcopy(EXAMPLES["tiny"])
+    obj["metadata"]["labels"] = {"argocd.argoproj.io/instance": "apps", "team": "a"}
+    obj["metadata"]["annotations"] = {
+        "argocd.argoproj.io/tracking-id": "apps:llmservice.dev/LLMService:default/tiny",
+        "kubectl.kubernetes.io/last-applied-configuration": "{}",
+    }
+    text = yaml.safe_dump(_render(obj))
+    assert "argocd" not in text and "last-applied" not in text and "team" not in text
+
+
+def test_spec_hash_follows_the_spec_only() -> None:
+    obj = copy.deepcopy(EXAMPLES["tiny"])
+    before = _render(obj)["metadata"]["annotations"][ANNOTATION_SPEC_HASH]
+    obj["metadata"]["labels"] = {"x": "y"}
+    assert _render(obj)["metadata"]["annotations"][ANNOTATION_SPEC_HASH] == before
+    obj["spec"]["replicas"] = 3
+    assert _render(obj)["metadata"]["annotations"][ANNOTATION_SPEC_HASH] != before
+
+
+def test_serve_args_match_the_app_contract() -> None:
+    for obj in EXAMPLES.values():
+        args = _app_args(_render(obj))
+        assert args.model_source == obj["spec"]["model"]["source"]
+
+
+def test_autoscaling_enables_ray_autoscaler_and_omits_live_counts() -> None:
+    rs = _render(EXAMPLES["autoscaling"])
+    cluster = rs["spec"]["rayClusterConfig"]
+    assert cluster["enableInTreeAutoscaling"] is True
+    assert all("replicas" not in g for g in cluster["workerGroupSpecs"])
+    args = _app_args(rs)
+    assert args.deployment.num_replicas is None and args.deployment.autoscaling is not None
+
+
+def test_head_has_no_gpus_and_workers_request_them() -> None:
+    cluster = _render(EXAMPLES["llama-70b-a100-tp4"])["spec"]["rayClusterConfig"]
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-gpus"] == "0"
+    (group,) = cluster["workerGroupSpecs"]
+    worker = group["template"]["spec"]["containers"][0]
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == 8
+    assert group["rayStartParams"]["num-gpus"] == "8"
+
+
+def test_blue_green_puts_version_into_the_cluster_spec_in_place_does_not() -> None:
+    bg = copy.deepcopy(EXAMPLES["llama-70b-a100-tp4"])
+    ip = copy.deepcopy(bg)
+    ip["spec"]["rollout"] = {"strategy": "InPlace"}
+
+    def cluster_changes(obj: dict[str, Any]) -> bool:
+        a = _render(obj)["spec"]["rayClusterConfig"]
+        obj["spec"]["model"]["version"] = "v2"
+        return _render(obj)["spec"]["rayClusterConfig"] != a
+
+    assert cluster_changes(bg) is True
+    assert cluster_changes(ip) is False

@@ -1,0 +1,109 @@
+"""Semantic validation: each bad spec names the field path and the reason."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from llmservice_operator.errors import InvalidSpecError
+from llmservice_operator.validate import parse
+from tests.unit.examples import example_services
+
+BASE: dict[str, Any] = {
+    "apiVersion": "llmservice.dev/v1alpha1",
+    "kind": "LLMService",
+    "metadata": {"name": "m", "namespace": "ns"},
+    "spec": {
+        "model": {"source": "org/model"},
+        "gpu": {"acceleratorType": "A100", "gpusPerNode": 8},
+    },
+}
+
+
+def with_spec(**changes: Any) -> dict[str, Any]:
+    obj = copy.deepcopy(BASE)
+    obj["spec"].update(changes)
+    return obj
+
+
+def errors_of(obj: dict[str, Any]) -> list[tuple[str, str]]:
+    with pytest.raises(InvalidSpecError) as info:
+        parse(obj)
+    return [(e.path, e.reason) for e in info.value.errors]
+
+
+@pytest.mark.parametrize("case", sorted(example_services()))
+def test_examples_are_valid(case: str) -> None:
+    parse(example_services()[case])
+
+
+BAD = [
+    (with_spec(replicas=2, autoscaling={"maxReplicas": 3}), "spec.replicas", "mutually exclusive"),
+    (
+        with_spec(autoscaling={"minReplicas": 5, "maxReplicas": 3}),
+        "spec.autoscaling.minReplicas",
+        "must be <= maxReplicas",
+    ),
+    (
+        with_spec(autoscaling={"maxReplicas": 3, "targetOngoingRequests": 500}),
+        "spec.autoscaling.targetOngoingRequests",
+        "exceeds maxOngoingRequests",
+    ),
+    (
+        with_spec(engine={"tensorParallelSize": 16}),
+        "spec.engine.tensorParallelSize",
+        "do not fit one node of 8",
+    ),
+    (
+        with_spec(engine={"tensorParallelSize": 3, "pipelineParallelSize": 4}),
+        "spec.engine.tensorParallelSize",
+        "does not divide gpusPerNode",
+    ),
+    (
+        with_spec(engine={"extraArgs": {"tensor_parallel_size": 2}}),
+        "spec.engine.extraArgs.tensor_parallel_size",
+        "set by a typed field",
+    ),
+    (
+        with_spec(engine={"extraArgs": {"SwapSpace": 2}}),
+        "spec.engine.extraArgs.SwapSpace",
+        "snake_case",
+    ),
+    (with_spec(engine={"dtype": "int3"}), "spec.engine.dtype", "Input should be"),
+    (with_spec(engine={"quantization": "magic"}), "spec.engine.quantization", "Input should be"),
+    (with_spec(engine={"bogus": 1}), "spec.engine.bogus", "unknown field"),
+    (with_spec(model={"source": "not a model"}), "spec.model.source", "not a Hugging Face"),
+    (
+        with_spec(gpu={"acceleratorType": "Z100"}),
+        "spec.gpu.acceleratorType",
+        "unknown accelerator type",
+    ),
+    (
+        with_spec(
+            replicas=5,
+            gpu={"acceleratorType": "L4", "pools": [{"name": "a", "maxWorkers": 2}]},
+        ),
+        "spec.gpu.pools",
+        "need 5 worker pods",
+    ),
+    (with_spec(routePrefix="llama"), "spec.routePrefix", "String should match"),
+    (with_spec(replicas=-1), "spec.replicas", "greater than or equal to 0"),
+]
+
+
+@pytest.mark.parametrize(("obj", "path", "reason"), BAD, ids=[b[1] + ":" + b[2] for b in BAD])
+def test_bad_spec_names_path_and_reason(obj: dict[str, Any], path: str, reason: str) -> None:
+    found = errors_of(obj)
+    assert any(p == path and reason in r for p, r in found), found
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    obj = with_spec(
+        replicas=2,
+        autoscaling={"minReplicas": 3, "maxReplicas": 2},
+        gpu={"acceleratorType": "Z100"},
+    )
+    paths = {p for p, _ in errors_of(obj)}
+    assert {"spec.replicas", "spec.autoscaling.minReplicas", "spec.gpu.acceleratorType"} <= paths
