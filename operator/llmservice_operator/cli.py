@@ -55,7 +55,9 @@ def _load_services(path: str) -> list[LLMService]:
         if doc.get("kind") != c.KIND:
             # GitOps folders mix kinds (a Secret beside its LLMService): say so, don't fail.
             name = (doc.get("metadata") or {}).get("name")
-            print(f"note: skipped {doc.get('kind')}/{name}: not an {c.KIND}{where}", file=sys.stderr)
+            print(
+                f"note: skipped {doc.get('kind')}/{name}: not an {c.KIND}{where}", file=sys.stderr
+            )
             continue
         try:
             services.append(parse(doc))

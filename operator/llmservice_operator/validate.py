@@ -22,7 +22,8 @@ KNOWN_ACCELERATOR_TYPES = frozenset(
     {
         "V100", "P100", "T4", "P4", "K80", "A10G", "A10", "L4", "L40S", "A100", "A100-40G",
         "A100-80G", "H100", "H200", "H20", "B200", "GB200",
-        "AMD-Instinct-MI100", "AMD-Instinct-MI210", "AMD-Instinct-MI250X", "AMD-Instinct-MI300X-OAM",
+        "AMD-Instinct-MI100", "AMD-Instinct-MI210", "AMD-Instinct-MI250X",
+        "AMD-Instinct-MI300X-OAM",
         "AMD-Instinct-MI325X-OAM", "AMD-Instinct-MI355X-OAM",
         "TPU-V4", "TPU-V5P", "TPU-V5LITEPOD", "TPU-V6E",
         "Intel-GPU-Max-1550", "Intel-GPU-Max-1100", "Intel-GAUDI",

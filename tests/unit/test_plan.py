@@ -21,7 +21,9 @@ from llmservice_operator.plan import plan, workers_for
         (4, 0, 1, 4),  # CPU: one replica per worker
     ],
 )
-def test_workers_for(replicas: int, gpus_per_replica: int, gpus_per_node: int, workers: int) -> None:
+def test_workers_for(
+    replicas: int, gpus_per_replica: int, gpus_per_node: int, workers: int
+) -> None:
     assert workers_for(replicas, gpus_per_replica, gpus_per_node) == workers
 
 
@@ -45,7 +47,12 @@ def test_gpu_profile_drives_both_sides() -> None:
     assert p.accelerator_type == "H100"
     assert p.placement_bundles == [{"GPU": 1.0}, {"GPU": 1.0}]
     (group,) = p.worker_groups
-    assert (group.gpus_per_pod, group.replicas, group.min_replicas, group.max_replicas) == (4, 2, 2, 2)
+    assert (group.gpus_per_pod, group.replicas, group.min_replicas, group.max_replicas) == (
+        4,
+        2,
+        2,
+        2,
+    )
     assert group.node_selector == {"pool": "h100"}
     assert group.tolerations == [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]
 

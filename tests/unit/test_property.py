@@ -1,4 +1,4 @@
-"""Property test: validate/render never crash on any spec; the result is a render or field errors."""
+"""Property test: validate/render never crash; each result is a render or field-path errors."""
 
 from __future__ import annotations
 
@@ -25,7 +25,9 @@ engine = st.fixed_dictionaries(
         "gpuMemoryUtilization": st.floats(min_value=-1, max_value=2, allow_nan=False),
         "dtype": st.sampled_from(["auto", "bfloat16", "half", "int4"]),
         "quantization": st.sampled_from(["awq", "fp8", "magic"]),
-        "extraArgs": st.dictionaries(st.sampled_from(["swap_space", "dtype", "Bad", "x_y"]), small_int),
+        "extraArgs": st.dictionaries(
+            st.sampled_from(["swap_space", "dtype", "Bad", "x_y"]), small_int
+        ),
     },
 )
 gpu = st.fixed_dictionaries(
@@ -43,7 +45,11 @@ gpu = st.fixed_dictionaries(
     },
 )
 spec = st.fixed_dictionaries(
-    {"model": st.fixed_dictionaries({"source": maybe(st.sampled_from(["org/m", "s3://bkt/m", "/m"]), text)})},
+    {
+        "model": st.fixed_dictionaries(
+            {"source": maybe(st.sampled_from(["org/m", "s3://bkt/m", "/m"]), text)}
+        )
+    },
     optional={
         "replicas": small_int,
         "autoscaling": st.fixed_dictionaries(
@@ -53,7 +59,9 @@ spec = st.fixed_dictionaries(
         "gpu": gpu,
         "maxOngoingRequests": small_int,
         "routePrefix": st.sampled_from(["/", "/v1", "x", "/a b"]),
-        "rollout": st.fixed_dictionaries({"strategy": st.sampled_from(["InPlace", "BlueGreen", "Canary"])}),
+        "rollout": st.fixed_dictionaries(
+            {"strategy": st.sampled_from(["InPlace", "BlueGreen", "Canary"])}
+        ),
     },
 )
 

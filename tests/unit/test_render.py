@@ -39,7 +39,10 @@ def test_hf_token_is_only_a_secret_reference() -> None:
         c["env"]
         for c in rs["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"]
     ]
-    assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}}} in envs[0]
+    assert {
+        "name": "HF_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}},
+    } in envs[0]
     assert _app_args(rs).hf_token_env == "HF_TOKEN"  # ...and the app reads the env var name
 
 

@@ -13,7 +13,6 @@ import sys
 from typing import Any
 
 import yaml
-
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
@@ -30,7 +29,7 @@ class _WithFactoryDefaults(GenerateJsonSchema):
     def default_schema(self, schema: core_schema.WithDefaultSchema) -> JsonSchemaValue:
         factory = schema.get("default_factory")
         if factory is not None and not schema.get("default_factory_takes_data"):
-            schema = {**schema, "default": factory()}  # type: ignore[call-arg,misc]
+            schema = {**schema, "default": factory()}  # type: ignore[call-arg]
             schema.pop("default_factory", None)
         return super().default_schema(schema)
 

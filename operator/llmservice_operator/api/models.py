@@ -201,7 +201,8 @@ class NodePool(_Model):
         description="Pool name (DNS label); names the worker group.",
     )
     node_selector: dict[str, str] = Field(
-        default_factory=dict, description="Labels selecting this pool's nodes (added to the profile's)."
+        default_factory=dict,
+        description="Labels selecting this pool's nodes (added to the profile's).",
     )
     tolerations: list[Toleration] = Field(
         default_factory=list, description="Tolerations for this pool (added to the profile's)."
@@ -306,14 +307,14 @@ class LLMServiceSpec(_Model):
     )
 
     model: ModelSpec = Field(description="The model to serve.")
-    engine: EngineSpec = Field(
-        default_factory=EngineSpec, description="vLLM engine settings."
-    )
+    engine: EngineSpec = Field(default_factory=EngineSpec, description="vLLM engine settings.")
     replicas: int | None = Field(
         default=None,
         ge=0,
         le=1000,
-        description="Fixed number of model replicas (default 1). Mutually exclusive with autoscaling.",
+        description=(
+            "Fixed number of model replicas (default 1). Mutually exclusive with autoscaling."
+        ),
     )
     autoscaling: AutoscalingSpec | None = Field(
         default=None, description="Autoscale replicas between bounds instead of a fixed count."
@@ -323,7 +324,9 @@ class LLMServiceSpec(_Model):
     )
     gpu: GPUProfile | None = Field(
         default=None,
-        description="GPU profile of the workers. Without it the model runs on CPU workers (vLLM CPU).",
+        description=(
+            "GPU profile of the workers. Without it the model runs on CPU workers (vLLM CPU)."
+        ),
     )
     image: str | None = Field(
         default=None, max_length=512, description="Ray image for head and workers."
@@ -334,7 +337,8 @@ class LLMServiceSpec(_Model):
         description="Ray version inside the image (KubeRay's rayVersion).",
     )
     head_resources: Resources = Field(
-        default_factory=_head_default, description="Ray head pod resources (the head runs no model)."
+        default_factory=_head_default,
+        description="Ray head pod resources (the head runs no model).",
     )
     worker_resources: Resources = Field(
         default_factory=Resources, description="CPU and memory of each worker pod."
@@ -351,9 +355,7 @@ class LLMServiceSpec(_Model):
         description="Extra env vars for Ray containers.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
-    rollout: RolloutSpec = Field(
-        default_factory=RolloutSpec, description="How changes roll out."
-    )
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="How changes roll out.")
 
 
 # --- status ----------------------------------------------------------------
@@ -420,4 +422,3 @@ class LLMService(BaseModel):
     metadata: ObjectMeta
     spec: LLMServiceSpec
     status: LLMServiceStatus | None = None
-

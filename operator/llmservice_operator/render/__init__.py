@@ -14,6 +14,10 @@ from typing import Any
 import jinja2
 import yaml
 
+# libyaml's C loader/dumper: the pure-Python ones would be most of a render's time.
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
 from llmservice_operator import constants as c
 from llmservice_operator.api.models import LLMService, LLMServiceSpec, RolloutStrategy
 from llmservice_operator.plan import Plan, WorkerGroupPlan, plan
@@ -90,7 +94,7 @@ def serve_config(svc: LLMService, p: Plan) -> str:
             }
         ]
     }
-    return yaml.safe_dump(config, sort_keys=False)
+    return yaml.dump(config, Dumper=_Dumper, sort_keys=False)
 
 
 def _labels(svc: LLMService) -> dict[str, str]:
@@ -171,7 +175,7 @@ def render_rayservice(svc: LLMService) -> dict[str, Any]:
         "worker_groups": [_group_context(svc, g) for g in p.worker_groups],
     }
     text = _environment().get_template("rayservice.yaml.j2").render(context)
-    obj: dict[str, Any] = yaml.safe_load(text)
+    obj: dict[str, Any] = yaml.load(text, Loader=_Loader)  # C-accelerated SafeLoader
     return obj
 
 
