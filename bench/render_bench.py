@@ -1,6 +1,6 @@
 """Render time per LLMService (median and p99 over N renders of each example). Not a test.
 
-    .venv/bin/python -m bench.render_bench [-n 1000]
+.venv/bin/python -m bench.render_bench [-n 1000]
 """
 
 from __future__ import annotations

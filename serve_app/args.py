@@ -42,7 +42,7 @@ class LLMAppArgs(_Args):
     )
     hf_token_env: str | None = Field(
         default=None,
-        description="Name of the env var holding the HF token (set from a Secret), never the token.",
+        description="Env var holding the HF token (set from a Secret); never the token.",
     )
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="vLLM engine kwargs.")
     accelerator_type: str | None = Field(

@@ -14,10 +14,6 @@ from typing import Any
 import jinja2
 import yaml
 
-# libyaml's C loader/dumper: the pure-Python ones would be most of a render's time.
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-
 from llmservice_operator import constants as c
 from llmservice_operator.api.models import LLMService, LLMServiceSpec, RolloutStrategy
 from llmservice_operator.plan import Plan, WorkerGroupPlan, plan
@@ -30,6 +26,10 @@ DEFAULT_CPU_IMAGE = f"rayproject/ray:{DEFAULT_RAY_VERSION}-py311-cpu"
 SERVE_APP_IMPORT_PATH = "serve_app.app:build"
 SERVE_APP_NAME = "llm"
 HF_TOKEN_ENV = "HF_TOKEN"
+
+# libyaml's C loader/dumper: the pure-Python ones would be most of a render's time.
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
 @cache
