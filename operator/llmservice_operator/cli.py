@@ -109,6 +109,38 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return EXIT_DIFF if changed else EXIT_OK
 
 
+def cmd_operator(args: argparse.Namespace) -> int:
+    """Run the kopf operator in this process (what the Deployment runs)."""
+    import os
+
+    import kopf
+
+    from llmservice_operator.settings import OperatorConfig
+
+    config = OperatorConfig(
+        namespaces=list(args.namespace or []),
+        timer_interval=args.timer_interval,
+        metrics_port=args.metrics_port,
+        liveness_endpoint=args.liveness or None,
+        peering_name=args.peering,
+        standalone=args.standalone,
+    )
+    # The timer interval is read when the handlers module registers them: set it first.
+    os.environ.update(config.to_env())
+    import llmservice_operator.reconcile  # noqa: F401  (registers the handlers)
+
+    kopf.configure(verbose=args.verbose)
+    kopf.run(
+        clusterwide=not config.namespaces,
+        namespaces=config.namespaces,
+        standalone=config.standalone or None,
+        peering_name=config.peering_name,
+        liveness_endpoint=config.liveness_endpoint,
+        memo=kopf.Memo(config=config),
+    )
+    return EXIT_OK
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmservice", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -125,6 +157,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--file", required=True, help="LLMService YAML file, or - for stdin")
     p.add_argument("--against", required=True, help="previously rendered YAML to compare with")
     p.set_defaults(func=cmd_diff)
+
+    p = sub.add_parser("operator", help="run the operator (kopf) against the current kubeconfig")
+    p.add_argument(
+        "-n", "--namespace", action="append", help="watch only this namespace (repeatable)"
+    )
+    p.add_argument("--timer-interval", type=float, default=60.0, help="drift-check period (s)")
+    p.add_argument("--metrics-port", type=int, default=8080, help="Prometheus port; 0 = off")
+    p.add_argument(
+        "--liveness", default="http://0.0.0.0:8081/healthz", help="liveness URL; empty = off"
+    )
+    p.add_argument("--peering", default="llmservice-operator", help="kopf peering name")
+    p.add_argument("--standalone", action="store_true", help="no peering (exactly one replica)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=cmd_operator)
     return parser
 
 

@@ -1,0 +1,114 @@
+"""Every Kubernetes API call the operator makes, with errors classified for kopf.
+
+Conflicts, throttling and server errors are transient (``kopf.TemporaryError`` with a delay);
+a request the API server rejects as invalid will not get better by retrying
+(``kopf.PermanentError``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, cast
+
+import kopf
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from llmservice_operator import constants as c
+
+RAY_GROUP, RAY_VERSION = c.RAY_API_VERSION.split("/")
+RAYSERVICES = "rayservices"
+APPLY_PATCH = "application/apply-patch+yaml"
+MERGE_PATCH = "application/merge-patch+json"
+
+# Transient API failures: retry soon. Anything else 4xx means the request itself is wrong.
+_RETRY_STATUSES = frozenset({409, 429, 500, 502, 503, 504})
+RETRY_DELAY_S = 5.0
+
+
+def _reason(exc: ApiException) -> str:
+    try:
+        return str(json.loads(exc.body or "{}").get("message") or exc.reason)
+    except ValueError:
+        return str(exc.reason)
+
+
+@contextmanager
+def classified(what: str) -> Iterator[None]:
+    """Turn API errors into kopf's retry semantics, naming what was attempted."""
+    try:
+        yield
+    except ApiException as exc:
+        if exc.status in _RETRY_STATUSES or exc.status == 0:
+            raise kopf.TemporaryError(
+                f"{what}: HTTP {exc.status} {_reason(exc)}", delay=RETRY_DELAY_S
+            ) from exc
+        raise kopf.PermanentError(f"{what}: HTTP {exc.status} {_reason(exc)}") from exc
+    except (OSError, TimeoutError) as exc:  # connection refused/reset while the API restarts
+        raise kopf.TemporaryError(f"{what}: {exc}", delay=RETRY_DELAY_S) from exc
+
+
+class Kube:
+    """Thin typed facade over the generated client for the few calls we need."""
+
+    def __init__(self, api_client: client.ApiClient | None = None) -> None:
+        self.custom = client.CustomObjectsApi(api_client)
+
+    def get_rayservice(self, namespace: str, name: str) -> dict[str, Any] | None:
+        with classified(f"get RayService {namespace}/{name}"):
+            try:
+                obj = self.custom.get_namespaced_custom_object(
+                    RAY_GROUP, RAY_VERSION, namespace, RAYSERVICES, name
+                )
+            except ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
+            return cast(dict[str, Any], obj)
+
+    def apply_rayservice(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """Server-side apply with our one field manager; force takes back fields we own."""
+        meta = obj["metadata"]
+        with classified(f"apply RayService {meta['namespace']}/{meta['name']}"):
+            applied = self.custom.patch_namespaced_custom_object(
+                RAY_GROUP,
+                RAY_VERSION,
+                meta["namespace"],
+                RAYSERVICES,
+                meta["name"],
+                dict(obj),
+                field_manager=c.FIELD_MANAGER,
+                force=True,
+                _content_type=APPLY_PATCH,
+            )
+            return cast(dict[str, Any], applied)
+
+    def get_llmservice(self, namespace: str, name: str) -> dict[str, Any] | None:
+        with classified(f"get LLMService {namespace}/{name}"):
+            try:
+                obj = self.custom.get_namespaced_custom_object(
+                    c.GROUP, c.VERSION, namespace, c.PLURAL, name
+                )
+            except ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
+            return cast(dict[str, Any], obj)
+
+    def patch_llmservice_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        with classified(f"update status of LLMService {namespace}/{name}"):
+            try:
+                self.custom.patch_namespaced_custom_object_status(
+                    c.GROUP,
+                    c.VERSION,
+                    namespace,
+                    c.PLURAL,
+                    name,
+                    {"status": dict(status)},
+                    _content_type=MERGE_PATCH,
+                )
+            except ApiException as exc:
+                if exc.status != 404:  # deleted meanwhile: nothing left to report on
+                    raise

@@ -1,0 +1,217 @@
+"""Side effects: make the cluster match each LLMService, then report what is really there.
+
+One level-based function, ``reconcile``, is called for every trigger: create/update/resume of an
+LLMService, a timer (the safety net for missed events and hand edits), and any event on an owned
+RayService (status mirroring, drift and deletion repair). It validates, renders, server-side
+applies only when the live child differs from the render, and writes status only when it
+changed. kopf handlers below just wire triggers to it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any, cast
+
+import kopf
+
+from llmservice_operator import constants as c
+from llmservice_operator import metrics
+from llmservice_operator.api.models import LLMService
+from llmservice_operator.errors import InvalidSpecError
+from llmservice_operator.k8s import RAY_GROUP, RAY_VERSION, RAYSERVICES, Kube
+from llmservice_operator.plan import plan
+from llmservice_operator.render import render
+from llmservice_operator.settings import OperatorConfig
+from llmservice_operator.status import (
+    Desired,
+    compute_status,
+    invalid_status,
+    merge_conditions,
+    without_times,
+)
+from llmservice_operator.validate import parse
+
+log = logging.getLogger(__name__)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def is_subset(want: Any, have: Any) -> bool:
+    """True if every field we render is present with the same value in the live object.
+
+    The live object also holds API-server defaults and fields other managers own (KubeRay,
+    the Ray autoscaler): those are not drift.
+    """
+    if isinstance(want, Mapping):
+        return isinstance(have, Mapping) and all(
+            k in have and is_subset(v, have[k]) for k, v in want.items()
+        )
+    if isinstance(want, list):
+        return (
+            isinstance(have, list)
+            and len(want) == len(have)
+            and all(is_subset(w, h) for w, h in zip(want, have, strict=True))
+        )
+    return bool(want == have)
+
+
+def _owned(child: dict[str, Any], owner: Mapping[str, Any]) -> dict[str, Any]:
+    # Not kopf.adopt(): it also copies the owner's labels, which would copy Argo CD's tracking
+    # label onto the RayService and make Argo CD treat (and prune) it as its own resource.
+    kopf.append_owner_reference(child, owner=_kopf_body(owner))
+    return child
+
+
+def _kopf_body(raw: Mapping[str, Any]) -> kopf.Body:
+    return raw if isinstance(raw, kopf.Body) else kopf.Body(cast(kopf.RawBody, dict(raw)))
+
+
+def _needs_apply(want: Mapping[str, Any], live: Mapping[str, Any] | None) -> bool:
+    if live is None:
+        return True
+    return not (
+        is_subset(want["metadata"].get("labels", {}), live["metadata"].get("labels", {}))
+        and is_subset(want["metadata"]["annotations"], live["metadata"].get("annotations", {}))
+        and is_subset(want["metadata"]["ownerReferences"], live["metadata"].get("ownerReferences"))
+        and is_subset(want["spec"], live.get("spec", {}))
+    )
+
+
+def _write_status(
+    kube: Kube, body: Mapping[str, Any], new: dict[str, Any], previous: Mapping[str, Any]
+) -> bool:
+    new["conditions"] = merge_conditions(
+        new["conditions"], previous.get("conditions") or [], _now()
+    )
+    old_view = without_times({k: previous.get(k) for k in new})
+    if old_view == without_times(new):
+        return False
+    meta = body["metadata"]
+    kube.patch_llmservice_status(meta["namespace"], meta["name"], new)
+    return True
+
+
+def reconcile(kube: Kube, body: Mapping[str, Any], trigger: str) -> dict[str, Any]:
+    """Converge one LLMService. Raises kopf errors; returns the status it computed."""
+    meta = body["metadata"]
+    previous: Mapping[str, Any] = body.get("status") or {}
+    generation = meta.get("generation")
+    started = time.perf_counter()
+    try:
+        svc = parse({k: v for k, v in body.items() if k != "status"})
+    except InvalidSpecError as exc:
+        message = str(exc)
+        if _write_status(kube, body, invalid_status(generation, message, previous), previous):
+            kopf.event(_kopf_body(body), type="Warning", reason="InvalidSpec", message=message)
+        metrics.RECONCILES.labels(result="invalid").inc()
+        raise kopf.PermanentError(f"invalid spec: {message}") from None
+
+    children = [_owned(child, body) for child in render(svc)]
+    (rayservice,) = children
+    name, namespace = rayservice["metadata"]["name"], rayservice["metadata"]["namespace"]
+    live = kube.get_rayservice(namespace, name)
+    if _needs_apply(rayservice, live):
+        action = "created" if live is None else "updated"
+        live = kube.apply_rayservice(rayservice)
+        kopf.event(
+            _kopf_body(body),
+            type="Normal",
+            reason="Applied",
+            message=f"RayService {name} {action} ({trigger}, spec hash "
+            f"{rayservice['metadata']['annotations'][c.ANNOTATION_SPEC_HASH]})",
+        )
+        metrics.APPLIES.labels(action=action).inc()
+
+    status = compute_status(_desired(svc), live, previous, svc.spec.route_prefix)
+    _write_status(kube, body, status, previous)
+    metrics.RECONCILES.labels(result="ok").inc()
+    metrics.LATENCY.observe(time.perf_counter() - started)
+    return status
+
+
+def _desired(svc: LLMService) -> Desired:
+    return Desired(
+        generation=svc.metadata.generation,
+        version=svc.spec.model.version,
+        replicas=plan(svc.spec).replicas,
+        rayservice_name=svc.metadata.name,
+        namespace=svc.metadata.namespace,
+    )
+
+
+# --- kopf wiring -----------------------------------------------------------
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """Every kopf setting in one place."""
+    config: OperatorConfig = memo.setdefault("config", OperatorConfig.from_env())
+    config.load_kube_config()
+    memo["kube"] = Kube()
+    # Our own prefixes: kopf's bookkeeping never collides with another kopf operator's.
+    settings.persistence.finalizer = f"{c.GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=c.GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=c.GROUP, key="last-handled-configuration"
+    )
+    # Watches end server-side before any proxy/LB idle timeout cuts them silently
+    # (kopf docs, "configuration": watching.server_timeout / client_timeout).
+    settings.watching.server_timeout = config.watch_server_timeout
+    settings.watching.client_timeout = config.watch_server_timeout + 30
+    settings.watching.connect_timeout = 30
+    settings.networking.request_timeout = 30
+    # Decisions are posted as Events explicitly (kopf.info/warn); kopf's own per-handler
+    # chatter only from warnings up.
+    settings.posting.level = logging.WARNING
+    settings.peering.name = config.peering_name
+    settings.peering.mandatory = False
+    settings.execution.max_workers = config.max_workers
+    if config.metrics_port:
+        metrics.serve(config.metrics_port)
+
+
+@kopf.on.resume(c.GROUP, c.VERSION, c.PLURAL)
+@kopf.on.create(c.GROUP, c.VERSION, c.PLURAL)
+@kopf.on.update(c.GROUP, c.VERSION, c.PLURAL, field="spec")
+def on_llmservice(body: kopf.Body, memo: kopf.Memo, reason: str, **_: Any) -> None:
+    _counted(memo["kube"], body, trigger=str(reason))
+
+
+@kopf.timer(c.GROUP, c.VERSION, c.PLURAL, interval=OperatorConfig.from_env().timer_interval)
+def on_timer(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    _counted(memo["kube"], body, trigger="timer")
+
+
+def _counted(kube: Kube, body: Mapping[str, Any], trigger: str) -> None:
+    try:
+        reconcile(kube, body, trigger)
+    except kopf.TemporaryError:
+        metrics.ERRORS.labels(kind="temporary").inc()
+        raise
+    except kopf.PermanentError:
+        metrics.ERRORS.labels(kind="permanent").inc()
+        raise
+
+
+@kopf.on.event(RAY_GROUP, RAY_VERSION, RAYSERVICES, labels={c.LABEL_MANAGED_BY: c.FIELD_MANAGER})
+def on_rayservice(
+    body: kopf.Body, memo: kopf.Memo, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any
+) -> None:
+    """Any change to an owned RayService (KubeRay status, a hand edit, a delete)."""
+    owner = body["metadata"].get("labels", {}).get(c.LABEL_LLMSERVICE)
+    if not owner:
+        return
+    kube: Kube = memo["kube"]
+    parent = kube.get_llmservice(body["metadata"]["namespace"], owner)
+    if parent is None or parent["metadata"].get("deletionTimestamp"):
+        return  # the owner is gone or going: garbage collection removes the child
+    try:
+        _counted(kube, parent, trigger="rayservice-event")
+    except (kopf.PermanentError, kopf.TemporaryError) as exc:
+        # Event handlers are not retried: the LLMService's own handlers and timer are.
+        logger.warning("not reconciling %s now: %s", owner, exc)

@@ -1,0 +1,61 @@
+"""Operator configuration: flags of `llmservice operator`, or env vars under `kopf run`."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import kubernetes
+
+ENV_PREFIX = "LLMSERVICE_"
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(ENV_PREFIX + name, default)
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    namespaces: list[str] = field(default_factory=list)  # empty: cluster-wide
+    timer_interval: float = 60.0
+    watch_server_timeout: int = 270
+    metrics_port: int = 8080  # 0: off
+    liveness_endpoint: str | None = "http://0.0.0.0:8081/healthz"
+    peering_name: str = "llmservice-operator"
+    standalone: bool = False
+    max_workers: int = 8
+
+    @classmethod
+    def from_env(cls) -> OperatorConfig:
+        namespaces = [n for n in _env("NAMESPACES", "").split(",") if n]
+        return cls(
+            namespaces=namespaces,
+            timer_interval=float(_env("TIMER_INTERVAL", "60")),
+            watch_server_timeout=int(_env("WATCH_SERVER_TIMEOUT", "270")),
+            metrics_port=int(_env("METRICS_PORT", "8080")),
+            liveness_endpoint=_env("LIVENESS_ENDPOINT", "http://0.0.0.0:8081/healthz") or None,
+            peering_name=_env("PEERING", "llmservice-operator"),
+            standalone=_env("STANDALONE", "false").lower() in ("1", "true", "yes"),
+            max_workers=int(_env("MAX_WORKERS", "8")),
+        )
+
+    def to_env(self) -> dict[str, str]:
+        """The same config as env vars (the timer interval is read when handlers register)."""
+        return {
+            ENV_PREFIX + "NAMESPACES": ",".join(self.namespaces),
+            ENV_PREFIX + "TIMER_INTERVAL": str(self.timer_interval),
+            ENV_PREFIX + "WATCH_SERVER_TIMEOUT": str(self.watch_server_timeout),
+            ENV_PREFIX + "METRICS_PORT": str(self.metrics_port),
+            ENV_PREFIX + "LIVENESS_ENDPOINT": self.liveness_endpoint or "",
+            ENV_PREFIX + "PEERING": self.peering_name,
+            ENV_PREFIX + "STANDALONE": str(self.standalone).lower(),
+            ENV_PREFIX + "MAX_WORKERS": str(self.max_workers),
+        }
+
+    @staticmethod
+    def load_kube_config() -> None:
+        """In a pod: its ServiceAccount; elsewhere: KUBECONFIG or ~/.kube/config."""
+        try:
+            kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
+        except kubernetes.config.ConfigException:
+            kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]

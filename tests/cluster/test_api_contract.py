@@ -1,0 +1,137 @@
+"""The generated CRD and the rendered RayServices against the real API server and KubeRay CRDs."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from llmservice_operator import constants as c
+from llmservice_operator.api.crd import crd
+from llmservice_operator.render import render
+from llmservice_operator.validate import parse
+from tests.cluster.harness import LocalCluster, wait_for
+from tests.unit.examples import example_services
+
+pytestmark = pytest.mark.cluster
+EXAMPLES = example_services()
+
+
+def install_llmservice_crd(api_client: client.ApiClient) -> None:
+    """Server-side apply the generated CRD and wait until the API server serves it."""
+    ext = client.ApiextensionsV1Api(api_client)
+    body = crd()
+    ext.patch_custom_resource_definition(
+        body["metadata"]["name"],
+        body,
+        field_manager="llmservice-tests",
+        force=True,
+        _content_type="application/apply-patch+yaml",
+    )
+
+    def established() -> bool:
+        got = ext.read_custom_resource_definition(body["metadata"]["name"])
+        return any(
+            cond.type == "Established" and cond.status == "True"
+            for cond in (got.status.conditions or [])
+        )
+
+    wait_for("LLMService CRD Established", established, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def custom(cluster: LocalCluster) -> Iterator[client.CustomObjectsApi]:
+    install_llmservice_crd(cluster.api_client)
+    yield client.CustomObjectsApi(cluster.api_client)
+
+
+def _in(namespace: str, obj: dict[str, Any]) -> dict[str, Any]:
+    obj = copy.deepcopy(obj)
+    obj["metadata"]["namespace"] = namespace
+    return obj
+
+
+def _create_llmservice(
+    custom: client.CustomObjectsApi, namespace: str, obj: dict[str, Any], dry_run: bool = False
+) -> Any:
+    return custom.create_namespaced_custom_object(
+        c.GROUP,
+        c.VERSION,
+        namespace,
+        c.PLURAL,
+        _in(namespace, obj),
+        dry_run="All" if dry_run else None,
+        field_validation="Strict",
+    )
+
+
+@pytest.mark.parametrize("case", sorted(EXAMPLES))
+def test_crd_accepts_every_example(
+    custom: client.CustomObjectsApi, namespace: str, case: str
+) -> None:
+    created = _create_llmservice(custom, namespace, EXAMPLES[case])
+    # API-server defaults come from the same models: parsing the stored object gives the same spec.
+    assert parse(created).spec == parse(_in(namespace, EXAMPLES[case])).spec
+
+
+def _with(change: dict[str, Any]) -> dict[str, Any]:
+    obj = copy.deepcopy(EXAMPLES["llama-8b-l4"])
+    obj["spec"].update(change)
+    return obj
+
+
+INVALID = [
+    (_with({"autoscaling": {"maxReplicas": 3}}), "replicas and autoscaling are mutually exclusive"),
+    (
+        _with({"replicas": None, "autoscaling": {"minReplicas": 4, "maxReplicas": 2}}),
+        "minReplicas must be <= maxReplicas",
+    ),
+    (_with({"replicas": -1}), "spec.replicas"),
+    (_with({"engine": {"dtype": "int3"}}), 'spec.engine.dtype: Unsupported value: "int3"'),
+    (_with({"routePrefix": "no-slash"}), "spec.routePrefix"),
+    (_with({"gpu": {"gpusPerNode": 2}}), "spec.gpu.acceleratorType: Required value"),
+    (_with({"engine": {"colour": "red"}}), 'unknown field "spec.engine.colour"'),
+    (_with({"model": {}}), "spec.model.source: Required value"),
+]
+
+
+@pytest.mark.parametrize(("obj", "message"), INVALID, ids=[m for _, m in INVALID])
+def test_crd_rejects_invalid_specs(
+    custom: client.CustomObjectsApi, namespace: str, obj: dict[str, Any], message: str
+) -> None:
+    obj = copy.deepcopy(obj)
+    obj["spec"] = {k: v for k, v in obj["spec"].items() if v is not None}
+    with pytest.raises(ApiException) as info:
+        _create_llmservice(custom, namespace, obj)
+    assert info.value.status in (400, 422)
+    body = json.loads(info.value.body)
+    assert message in body["message"], body["message"]
+
+
+@pytest.mark.parametrize("case", sorted(EXAMPLES))
+def test_kuberay_accepts_every_rendered_rayservice(
+    cluster: LocalCluster, namespace: str, case: str
+) -> None:
+    custom = client.CustomObjectsApi(cluster.api_client)
+    (rayservice,) = render(parse(_in(namespace, EXAMPLES[case])))
+    group, version = rayservice["apiVersion"].split("/")
+    for dry_run in ("All", None):
+        created = custom.create_namespaced_custom_object(
+            group,
+            version,
+            namespace,
+            "rayservices",
+            rayservice,
+            dry_run=dry_run,
+            field_validation="Strict",
+        )
+        assert created["metadata"]["name"] == rayservice["metadata"]["name"]
+    stored = custom.get_namespaced_custom_object(
+        group, version, namespace, "rayservices", rayservice["metadata"]["name"]
+    )
+    assert stored["spec"]["serveConfigV2"] == rayservice["spec"]["serveConfigV2"]
