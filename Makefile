@@ -88,6 +88,11 @@ cluster-up: venv tools ## Start the local control plane in the background
 cluster-down: venv ## Stop the local control plane
 	@$(PY) -m tests.cluster.harness down --dir $(CLUSTER_DIR)
 
+.PHONY: demo-down
+demo-down: venv ## Stop the demo's operator and the local control plane
+	@if [ -f $(CLUSTER_DIR)/operator.pid ]; then kill $$(cat $(CLUSTER_DIR)/operator.pid) 2>/dev/null || true; rm -f $(CLUSTER_DIR)/operator.pid; fi
+	@$(PY) -m tests.cluster.harness down --dir $(CLUSTER_DIR)
+
 .PHONY: demo
 demo: venv tools ## End to end on the local control plane (see README)
 	@bash hack/demo.sh

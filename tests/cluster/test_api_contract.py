@@ -12,36 +12,14 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from llmservice_operator import constants as c
-from llmservice_operator.api.crd import crd
 from llmservice_operator.render import render
 from llmservice_operator.validate import parse
-from tests.cluster.harness import LocalCluster, wait_for
+from tests.cluster.harness import LocalCluster
+from tests.cluster.operator_process import install_llmservice_crd
 from tests.unit.examples import example_services
 
 pytestmark = pytest.mark.cluster
 EXAMPLES = example_services()
-
-
-def install_llmservice_crd(api_client: client.ApiClient) -> None:
-    """Server-side apply the generated CRD and wait until the API server serves it."""
-    ext = client.ApiextensionsV1Api(api_client)
-    body = crd()
-    ext.patch_custom_resource_definition(
-        body["metadata"]["name"],
-        body,
-        field_manager="llmservice-tests",
-        force=True,
-        _content_type="application/apply-patch+yaml",
-    )
-
-    def established() -> bool:
-        got = ext.read_custom_resource_definition(body["metadata"]["name"])
-        return any(
-            cond.type == "Established" and cond.status == "True"
-            for cond in (got.status.conditions or [])
-        )
-
-    wait_for("LLMService CRD Established", established, timeout=30)
 
 
 @pytest.fixture(scope="module")

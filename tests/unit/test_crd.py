@@ -18,6 +18,9 @@ def _walk(node: Any, path: str = "") -> list[str]:
             bad.append(path)
         if "properties" in node and "additionalProperties" in node:
             bad.append(path)
+        for bound in ("exclusiveMinimum", "exclusiveMaximum"):  # OpenAPI 3.0: booleans
+            if bound in node and not isinstance(node[bound], bool):
+                bad.append(f"{path}.{bound}")
         if not node.get("x-kubernetes-preserve-unknown-fields") and "type" not in node:
             bad.append(path)
         for key, child in node.get("properties", {}).items():

@@ -58,6 +58,11 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
         node = {**_structural(non_null[0], defs), **node}
         if node.get("default", 0) is None:
             del node["default"]
+    for bound, limit in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        # JSON Schema's numeric exclusive bounds -> OpenAPI 3.0's boolean flag + bound.
+        if isinstance(node.get(bound), int | float) and not isinstance(node[bound], bool):
+            node[limit] = node.pop(bound)
+            node[bound] = True
     if "const" in node:  # Literal["x"] -> enum, which structural schemas allow
         node["enum"] = [node.pop("const")]
     if node.get("x-kubernetes-preserve-unknown-fields"):

@@ -1,0 +1,299 @@
+"""The operator on the real control plane with the real KubeRay operator and KWOK GPU nodes.
+
+What "Ready" means here: KubeRay marks a RayService Ready only once its Serve app answers on the
+Ray head's dashboard. KWOK pods run no Ray, so KubeRay reports the RayService as Initializing and
+the LLMService truthfully stays Ready=False (NotServing) and Progressing=True. Serving for real is
+covered by the serve tests and `make demo`.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from llmservice_operator import constants as c
+from tests.cluster.harness import LocalCluster, wait_for
+from tests.cluster.operator_process import (
+    TIMER_INTERVAL_S,
+    OperatorProcess,
+    install_llmservice_crd,
+)
+from tests.unit.examples import example_services
+
+pytestmark = pytest.mark.cluster
+RAY = ("ray.io", "v1")
+WAIT_S = 60.0
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator[OperatorProcess]:
+    install_llmservice_crd(cluster.api_client)
+    proc = OperatorProcess(cluster)
+    proc.start()
+    failed_before = request.session.testsfailed
+    yield proc
+    proc.stop()
+    if request.session.testsfailed > failed_before:
+        print(f"\n--- operator log (tail) ---\n{proc.tail()}")
+
+
+@pytest.fixture
+def api(cluster: LocalCluster) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(cluster.api_client)
+
+
+def llmservice(namespace: str, name: str = "llama", **spec: Any) -> dict[str, Any]:
+    obj = copy.deepcopy(example_services()["llama-8b-l4"])
+    obj["metadata"] = {"name": name, "namespace": namespace}
+    obj["spec"].update(spec)
+    return obj
+
+
+def get_svc(api: client.CustomObjectsApi, ns: str, name: str) -> dict[str, Any]:
+    obj: dict[str, Any] = api.get_namespaced_custom_object(c.GROUP, c.VERSION, ns, c.PLURAL, name)
+    return obj
+
+
+def get_rs(api: client.CustomObjectsApi, ns: str, name: str) -> dict[str, Any] | None:
+    try:
+        obj: dict[str, Any] = api.get_namespaced_custom_object(*RAY, ns, "rayservices", name)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return obj
+
+
+def serve_args(rs: dict[str, Any]) -> dict[str, Any]:
+    args: dict[str, Any] = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]["args"]
+    return args
+
+
+def patch_spec(api: client.CustomObjectsApi, ns: str, name: str, spec: dict[str, Any]) -> None:
+    api.patch_namespaced_custom_object(
+        c.GROUP, c.VERSION, ns, c.PLURAL, name, {"spec": spec},
+        _content_type="application/merge-patch+json",
+    )  # fmt: skip
+
+
+def wait_rs(
+    api: client.CustomObjectsApi, ns: str, name: str, check: Any, what: str
+) -> dict[str, Any]:
+    return wait_for(
+        what, lambda: (rs := get_rs(api, ns, name)) is not None and check(rs) and rs, WAIT_S
+    )
+
+
+def condition(svc: dict[str, Any], ctype: str) -> dict[str, Any]:
+    for cond in (svc.get("status") or {}).get("conditions") or []:
+        if cond["type"] == ctype:
+            return dict(cond)
+    return {}
+
+
+def test_create_schedules_on_the_gpu_pool_and_reports_truthfully(
+    operator: OperatorProcess, api: client.CustomObjectsApi, core: client.CoreV1Api, namespace: str
+) -> None:
+    api.create_namespaced_custom_object(
+        c.GROUP, c.VERSION, namespace, c.PLURAL, llmservice(namespace)
+    )
+    rs = wait_rs(api, namespace, "llama", lambda rs: True, "RayService created by the operator")
+    owner = rs["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["name"], owner["controller"]) == ("LLMService", "llama", True)
+    assert "argocd.argoproj.io/instance" not in rs["metadata"].get("labels", {})
+
+    def workers_running() -> list[Any]:
+        pods = core.list_namespaced_pod(namespace, label_selector="ray.io/node-type=worker").items
+        return pods if len(pods) == 2 and all(p.status.phase == "Running" for p in pods) else []
+
+    pods = wait_for("2 worker pods Running", workers_running, WAIT_S)
+    for pod in pods:
+        node = core.read_node(pod.spec.node_name)
+        assert node.metadata.labels["llmservice.dev/pool"] == "l4"
+        assert pod.spec.containers[0].resources.limits["nvidia.com/gpu"] == "1"
+
+    svc = wait_for(
+        "LLMService status observed",
+        lambda: (
+            (s := get_svc(api, namespace, "llama")).get("status", {}).get("observedGeneration")
+            and s
+        ),
+        WAIT_S,
+    )
+    status = svc["status"]
+    assert status["rayServiceName"] == "llama" and status["replicas"] == 2
+    assert status["selector"] == "llmservice.dev/name=llama"
+    # No Ray runs in KWOK pods, so KubeRay never sees Serve running: not Ready, and saying so.
+    assert condition(svc, "Ready")["status"] == "False"
+    assert condition(svc, "Progressing")["status"] == "True"
+    assert all(
+        cond["observedGeneration"] == svc["metadata"]["generation"] for cond in status["conditions"]
+    )
+    events = core.list_namespaced_event(namespace, field_selector="involvedObject.name=llama").items
+    assert any(e.reason == "Applied" for e in events)
+
+
+def test_replicas_scale_and_versions_reach_the_rayservice(
+    operator: OperatorProcess, api: client.CustomObjectsApi, namespace: str
+) -> None:
+    api.create_namespaced_custom_object(
+        c.GROUP, c.VERSION, namespace, c.PLURAL, llmservice(namespace)
+    )
+    wait_rs(api, namespace, "llama", lambda rs: True, "RayService created")
+
+    patch_spec(api, namespace, "llama", {"replicas": 3})
+    rs = wait_rs(
+        api, namespace, "llama",
+        lambda rs: serve_args(rs)["deployment"]["num_replicas"] == 3,
+        "num_replicas 3",
+    )  # fmt: skip
+    assert rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["replicas"] == 3
+
+    # The scale subresource (kubectl scale, or an HPA) drives the same field.
+    api.patch_namespaced_custom_object_scale(
+        c.GROUP, c.VERSION, namespace, c.PLURAL, "llama", {"spec": {"replicas": 1}},
+        _content_type="application/merge-patch+json",
+    )  # fmt: skip
+    wait_rs(
+        api, namespace, "llama",
+        lambda rs: rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["replicas"] == 1,
+        "worker group scaled to 1 via the scale subresource",
+    )  # fmt: skip
+
+    # InPlace: a new version changes only the Serve config.
+    before = get_rs(api, namespace, "llama")
+    assert before is not None
+    patch_spec(api, namespace, "llama", {"model": {"version": "v2"}})
+    rs = wait_rs(
+        api, namespace, "llama", lambda rs: serve_args(rs)["model_version"] == "v2", "version v2"
+    )
+    assert rs["spec"]["rayClusterConfig"] == before["spec"]["rayClusterConfig"]
+    svc = get_svc(api, namespace, "llama")
+    assert svc["status"].get("pendingVersion") in ("v2", None)
+
+    # BlueGreen: a new version changes the cluster spec, so KubeRay upgrades to a new cluster.
+    patch_spec(
+        api, namespace, "llama", {"rollout": {"strategy": "BlueGreen"}, "model": {"version": "v3"}}
+    )
+    rs = wait_rs(
+        api, namespace, "llama", lambda rs: serve_args(rs)["model_version"] == "v3", "version v3"
+    )
+    labels = rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["metadata"]["labels"]
+    assert labels[c.LABEL_MODEL_VERSION] == "v3"
+
+    # Change of GPU pool: the worker group follows the profile.
+    patch_spec(
+        api,
+        namespace,
+        "llama",
+        {
+            "gpu": {
+                "acceleratorType": "A100",
+                "gpusPerNode": 8,
+                "nodeSelector": {"llmservice.dev/pool": "a100"},
+            }
+        },
+    )
+    rs = wait_rs(
+        api, namespace, "llama",
+        lambda rs: rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]["nodeSelector"] == {"llmservice.dev/pool": "a100"},
+        "worker group on the a100 pool",
+    )  # fmt: skip
+    assert serve_args(rs)["accelerator_type"] == "A100"
+
+
+def test_hand_edits_and_deletes_are_repaired(
+    operator: OperatorProcess, api: client.CustomObjectsApi, namespace: str
+) -> None:
+    api.create_namespaced_custom_object(
+        c.GROUP, c.VERSION, namespace, c.PLURAL, llmservice(namespace)
+    )
+    rs = wait_rs(api, namespace, "llama", lambda rs: True, "RayService created")
+    original = rs["spec"]["serveConfigV2"]
+
+    api.patch_namespaced_custom_object(
+        *RAY, namespace, "rayservices", "llama", {"spec": {"serveConfigV2": "applications: []\n"}},
+        _content_type="application/merge-patch+json",
+    )  # fmt: skip
+    wait_rs(
+        api, namespace, "llama", lambda rs: rs["spec"]["serveConfigV2"] == original,
+        "hand edit reverted",
+    )  # fmt: skip
+
+    api.delete_namespaced_custom_object(*RAY, namespace, "rayservices", "llama")
+    wait_for(
+        "deleted RayService re-created",
+        lambda: (
+            (rs := get_rs(api, namespace, "llama")) is not None
+            and not rs["metadata"].get("deletionTimestamp")
+        ),
+        WAIT_S + 2 * TIMER_INTERVAL_S,
+    )
+
+
+def test_invalid_spec_is_reported_and_nothing_is_applied(
+    operator: OperatorProcess, api: client.CustomObjectsApi, core: client.CoreV1Api, namespace: str
+) -> None:
+    api.create_namespaced_custom_object(
+        c.GROUP, c.VERSION, namespace, c.PLURAL, llmservice(namespace)
+    )
+    before = wait_rs(api, namespace, "llama", lambda rs: True, "RayService created")
+
+    # Passes the CRD schema, fails the semantic rules: TP 4 cannot fit a 1-GPU node.
+    patch_spec(api, namespace, "llama", {"engine": {"tensorParallelSize": 4}})
+    svc = wait_for(
+        "InvalidSpec condition",
+        lambda: (
+            condition(s := get_svc(api, namespace, "llama"), "Ready").get("reason") == "InvalidSpec"
+            and s
+        ),
+        WAIT_S,
+    )
+    assert "spec.engine.tensorParallelSize" in condition(svc, "Ready")["message"]
+    events = core.list_namespaced_event(namespace, field_selector="involvedObject.name=llama").items
+    assert any(e.reason == "InvalidSpec" and e.type == "Warning" for e in events)
+    after = get_rs(api, namespace, "llama")
+    assert after is not None and after["spec"] == before["spec"]
+
+    patch_spec(api, namespace, "llama", {"engine": {"tensorParallelSize": 1}, "replicas": 1})
+    wait_for(
+        "recovery after the fix",
+        lambda: (
+            condition(get_svc(api, namespace, "llama"), "Ready").get("reason") != "InvalidSpec"
+            and serve_args(
+                get_rs(api, namespace, "llama")
+                or {"spec": {"serveConfigV2": "applications: [{args: {deployment: {}}}]"}}
+            )["deployment"].get("num_replicas")
+            == 1
+        ),
+        WAIT_S,
+    )
+
+
+def test_delete_removes_every_child(
+    operator: OperatorProcess, api: client.CustomObjectsApi, core: client.CoreV1Api, namespace: str
+) -> None:
+    api.create_namespaced_custom_object(
+        c.GROUP, c.VERSION, namespace, c.PLURAL, llmservice(namespace)
+    )
+    wait_for(
+        "RayCluster created by KubeRay",
+        lambda: api.list_namespaced_custom_object(*RAY, namespace, "rayclusters")["items"],
+        WAIT_S,
+    )
+    api.delete_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.PLURAL, "llama")
+
+    def all_gone() -> bool:
+        return not (
+            api.list_namespaced_custom_object(*RAY, namespace, "rayservices")["items"]
+            or api.list_namespaced_custom_object(*RAY, namespace, "rayclusters")["items"]
+            or core.list_namespaced_pod(namespace).items
+        )
+
+    wait_for("RayService, RayCluster and pods garbage-collected", all_gone, 90)
