@@ -75,6 +75,11 @@ def serve_args(rs: dict[str, Any]) -> dict[str, Any]:
     return args
 
 
+def worker_group(rs: dict[str, Any]) -> dict[str, Any]:
+    group: dict[str, Any] = rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
+    return group
+
+
 def patch_spec(api: client.CustomObjectsApi, ns: str, name: str, spec: dict[str, Any]) -> None:
     api.patch_namespaced_custom_object(
         c.GROUP, c.VERSION, ns, c.PLURAL, name, {"spec": spec},
@@ -153,7 +158,7 @@ def test_replicas_scale_and_versions_reach_the_rayservice(
         lambda rs: serve_args(rs)["deployment"]["num_replicas"] == 3,
         "num_replicas 3",
     )  # fmt: skip
-    assert rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["replicas"] == 3
+    assert worker_group(rs)["replicas"] == 3
 
     # The scale subresource (kubectl scale, or an HPA) drives the same field.
     api.patch_namespaced_custom_object_scale(
@@ -162,7 +167,7 @@ def test_replicas_scale_and_versions_reach_the_rayservice(
     )  # fmt: skip
     wait_rs(
         api, namespace, "llama",
-        lambda rs: rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["replicas"] == 1,
+        lambda rs: worker_group(rs)["replicas"] == 1,
         "worker group scaled to 1 via the scale subresource",
     )  # fmt: skip
 
@@ -184,25 +189,20 @@ def test_replicas_scale_and_versions_reach_the_rayservice(
     rs = wait_rs(
         api, namespace, "llama", lambda rs: serve_args(rs)["model_version"] == "v3", "version v3"
     )
-    labels = rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["metadata"]["labels"]
+    labels = worker_group(rs)["template"]["metadata"]["labels"]
     assert labels[c.LABEL_MODEL_VERSION] == "v3"
 
     # Change of GPU pool: the worker group follows the profile.
+    a100 = {"llmservice.dev/pool": "a100"}
     patch_spec(
         api,
         namespace,
         "llama",
-        {
-            "gpu": {
-                "acceleratorType": "A100",
-                "gpusPerNode": 8,
-                "nodeSelector": {"llmservice.dev/pool": "a100"},
-            }
-        },
+        {"gpu": {"acceleratorType": "A100", "gpusPerNode": 8, "nodeSelector": a100}},
     )
     rs = wait_rs(
         api, namespace, "llama",
-        lambda rs: rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]["nodeSelector"] == {"llmservice.dev/pool": "a100"},
+        lambda rs: worker_group(rs)["template"]["spec"]["nodeSelector"] == a100,
         "worker group on the a100 pool",
     )  # fmt: skip
     assert serve_args(rs)["accelerator_type"] == "A100"
@@ -262,18 +262,13 @@ def test_invalid_spec_is_reported_and_nothing_is_applied(
     assert after is not None and after["spec"] == before["spec"]
 
     patch_spec(api, namespace, "llama", {"engine": {"tensorParallelSize": 1}, "replicas": 1})
-    wait_for(
-        "recovery after the fix",
-        lambda: (
-            condition(get_svc(api, namespace, "llama"), "Ready").get("reason") != "InvalidSpec"
-            and serve_args(
-                get_rs(api, namespace, "llama")
-                or {"spec": {"serveConfigV2": "applications: [{args: {deployment: {}}}]"}}
-            )["deployment"].get("num_replicas")
-            == 1
-        ),
-        WAIT_S,
-    )
+
+    def recovered() -> bool:
+        rs = get_rs(api, namespace, "llama")
+        reason = condition(get_svc(api, namespace, "llama"), "Ready").get("reason")
+        return rs is not None and reason != "InvalidSpec" and worker_group(rs)["replicas"] == 1
+
+    wait_for("recovery after the fix", recovered, WAIT_S)
 
 
 def test_delete_removes_every_child(
