@@ -31,6 +31,10 @@ venv: $(VENV)/.base-installed ## Project virtualenv with the operator and dev to
 serve-deps: venv ## Ray + vLLM (CPU) serving stack in the virtualenv
 	@bash hack/install-serve-deps.sh $(VENV)
 
+.PHONY: serve-lock
+serve-lock: venv ## Re-resolve requirements/serve-cpu.txt (then review and commit it)
+	@bash hack/install-serve-deps.sh --lock $(VENV)
+
 .PHONY: tools
 tools: ## Go-built etcd, Kubernetes, KubeRay, KWOK and helm binaries in bin/
 	@bash hack/build-tools.sh

@@ -1,0 +1,59 @@
+"""The Ray Serve application every rendered RayService imports: ``serve_app.app:build``.
+
+A thin builder over ``ray.serve.llm``: it maps the renderer's arguments (``serve_app.args``)
+onto an ``LLMConfig`` and lets ``build_openai_app`` do the rest (OpenAI protocol, streaming,
+vLLM engine, replica health). Ray Serve validates ``args`` against the pydantic annotation of
+``build`` before calling it, so a bad serveConfigV2 fails at deploy time with field names.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from serve_app.args import LLMAppArgs
+
+if TYPE_CHECKING:
+    from ray.serve import Application
+
+# A Hugging Face repo id: the only source where the model version is a hub revision.
+_HF_REPO = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def engine_kwargs(args: LLMAppArgs) -> dict[str, Any]:
+    kwargs = dict(args.engine_kwargs)
+    if args.model_version and _HF_REPO.match(args.model_source):
+        kwargs.setdefault("revision", args.model_version)
+    return kwargs
+
+
+def deployment_config(args: LLMAppArgs) -> dict[str, Any]:
+    dep = args.deployment
+    config: dict[str, Any] = {"max_ongoing_requests": dep.max_ongoing_requests}
+    if dep.autoscaling is not None:
+        config["autoscaling_config"] = dep.autoscaling.model_dump()
+    else:
+        config["num_replicas"] = dep.num_replicas
+    return config
+
+
+def llm_config_kwargs(args: LLMAppArgs) -> dict[str, Any]:
+    """Keyword arguments of ray.serve.llm.LLMConfig (kept Ray-free for unit tests)."""
+    kwargs: dict[str, Any] = {
+        "model_loading_config": {"model_id": args.model_id, "model_source": args.model_source},
+        "engine_kwargs": engine_kwargs(args),
+        "placement_group_config": {"bundles": args.placement_bundles, "strategy": "PACK"},
+        "deployment_config": deployment_config(args),
+    }
+    if args.accelerator_type:
+        kwargs["accelerator_type"] = args.accelerator_type
+    return kwargs
+
+
+def build(args: LLMAppArgs) -> Application:
+    """Ray Serve application builder (``import_path: serve_app.app:build``)."""
+    from ray.serve.llm import LLMConfig, build_openai_app
+
+    llm_config = LLMConfig(**llm_config_kwargs(args))
+    app: Application = build_openai_app({"llm_configs": [llm_config]})
+    return app
