@@ -33,6 +33,9 @@ KNOWN_ACCELERATOR_TYPES = frozenset(
 _HF_REPO = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _REMOTE = re.compile(r"^(s3|gs)://[a-z0-9][a-z0-9._-]{1,62}(/.*)?$")
 _SNAKE = re.compile(r"^[a-z][a-z0-9_]*$")
+_DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+# KubeRay appends "-xxxxx" to the RayService name for its RayCluster and caps that at 53.
+MAX_NAME_LENGTH = 47
 
 # Engine kwargs the typed EngineSpec fields own: extraArgs may not set them behind its back.
 _TYPED_ENGINE_KWARGS = frozenset(EngineSpec.model_fields) - {"extra_args"}
@@ -45,7 +48,7 @@ def parse(obj: Mapping[str, Any]) -> LLMService:
         svc = LLMService.model_validate(dict(obj))
     except ValidationError as exc:
         raise InvalidSpecError(from_pydantic(exc)) from None
-    errors = sorted(check_spec(svc.spec))
+    errors = sorted([*_check_name(svc.metadata.name), *check_spec(svc.spec)])
     if errors:
         raise InvalidSpecError(errors)
     return svc
@@ -60,6 +63,18 @@ def _check(spec: LLMServiceSpec) -> Iterator[FieldError]:
     yield from _check_scale(spec)
     yield from _check_engine(spec)
     yield from _check_gpu(spec)
+
+
+def _check_name(name: str) -> Iterator[FieldError]:
+    if len(name) > MAX_NAME_LENGTH:
+        yield FieldError(
+            "metadata.name", f"at most {MAX_NAME_LENGTH} characters (KubeRay names derive from it)"
+        )
+    if not _DNS1035.match(name):
+        yield FieldError(
+            "metadata.name",
+            "must be a DNS-1035 label: lowercase letters, digits and '-', starting with a letter",
+        )
 
 
 def _check_model(spec: LLMServiceSpec) -> Iterator[FieldError]:

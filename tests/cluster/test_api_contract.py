@@ -75,6 +75,7 @@ INVALID = [
     (_with({"gpu": {"gpusPerNode": 2}}), "spec.gpu.acceleratorType: Required value"),
     (_with({"engine": {"colour": "red"}}), 'unknown field "spec.engine.colour"'),
     (_with({"model": {}}), "spec.model.source: Required value"),
+    ({**_with({}), "metadata": {"name": "n" * 48}}, "metadata.name: at most 47 characters"),
 ]
 
 

@@ -90,6 +90,8 @@ BAD = [
     ),
     (with_spec(routePrefix="llama"), "spec.routePrefix", "String should match"),
     (with_spec(replicas=-1), "spec.replicas", "greater than or equal to 0"),
+    ({**BASE, "metadata": {"name": "x" * 48}}, "metadata.name", "at most 47"),
+    ({**BASE, "metadata": {"name": "9lives"}}, "metadata.name", "DNS-1035"),
 ]
 
 

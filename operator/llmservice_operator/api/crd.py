@@ -150,6 +150,13 @@ def crd() -> dict[str, Any]:
                                 "RayService."
                             ),
                             "required": ["spec"],
+                            "x-kubernetes-validations": [
+                                {
+                                    "rule": "self.metadata.name.size() <= 47",
+                                    "message": "metadata.name: at most 47 characters "
+                                    "(KubeRay names derive from it)",
+                                }
+                            ],
                             "properties": {
                                 "apiVersion": {"type": "string"},
                                 "kind": {"type": "string"},
