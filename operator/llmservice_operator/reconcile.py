@@ -182,7 +182,12 @@ def on_llmservice(body: kopf.Body, memo: kopf.Memo, reason: str, **_: Any) -> No
     _counted(memo["kube"], body, trigger=str(reason))
 
 
-@kopf.timer(c.GROUP, c.VERSION, c.PLURAL, interval=OperatorConfig.from_env().timer_interval)
+_TIMER_INTERVAL = OperatorConfig.from_env().timer_interval
+
+
+# initial_delay: the create/resume handler has just converged the object; a timer firing at
+# the same moment would only race it.
+@kopf.timer(c.GROUP, c.VERSION, c.PLURAL, interval=_TIMER_INTERVAL, initial_delay=_TIMER_INTERVAL)
 def on_timer(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     _counted(memo["kube"], body, trigger="timer")
 
