@@ -125,7 +125,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
         peering_name=args.peering,
         standalone=args.standalone,
     )
-    # The timer interval is read when the handlers module registers them: set it first.
+    # The same config as env vars, for anything that reads it outside kopf's memo.
     os.environ.update(config.to_env())
     import llmservice_operator.reconcile  # noqa: F401  (registers the handlers)
 

@@ -7,7 +7,9 @@ a request the API server rejects as invalid will not get better by retrying
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, cast
@@ -17,6 +19,8 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from llmservice_operator import constants as c
+
+log = logging.getLogger(__name__)
 
 RAY_GROUP, RAY_VERSION = c.RAY_API_VERSION.split("/")
 RAYSERVICES = "rayservices"
@@ -55,6 +59,50 @@ class Kube:
 
     def __init__(self, api_client: client.ApiClient | None = None) -> None:
         self.custom = client.CustomObjectsApi(api_client)
+        self.core = client.CoreV1Api(api_client)
+
+    def list_llmservices(self, namespaces: list[str]) -> list[dict[str, Any]]:
+        """Every LLMService in the watched namespaces (all namespaces when none are given)."""
+        with classified("list LLMServices"):
+            if not namespaces:
+                listed = self.custom.list_cluster_custom_object(c.GROUP, c.VERSION, c.PLURAL)
+                return list(cast(dict[str, Any], listed)["items"])
+            items: list[dict[str, Any]] = []
+            for ns in namespaces:
+                listed = self.custom.list_namespaced_custom_object(c.GROUP, c.VERSION, ns, c.PLURAL)
+                items += cast(dict[str, Any], listed)["items"]
+            return items
+
+    def post_event(
+        self, involved: Mapping[str, Any], event_type: str, reason: str, message: str
+    ) -> None:
+        """A Kubernetes Event about ``involved``. Best effort: never fails a reconcile."""
+        meta = involved["metadata"]
+        now = dt.datetime.now(dt.UTC)
+        event = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(
+                generate_name=f"{meta['name']}.", namespace=meta["namespace"]
+            ),
+            involved_object=client.V1ObjectReference(
+                api_version=involved.get("apiVersion"),
+                kind=involved.get("kind"),
+                name=meta["name"],
+                namespace=meta["namespace"],
+                uid=meta.get("uid"),
+            ),
+            type=event_type,
+            reason=reason,
+            message=message[:1024],
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+            source=client.V1EventSource(component=c.FIELD_MANAGER),
+            reporting_component=c.FIELD_MANAGER,
+        )
+        try:
+            self.core.create_namespaced_event(meta["namespace"], event)
+        except (ApiException, OSError) as exc:
+            log.warning("could not post event %s on %s: %s", reason, meta["name"], exc)
 
     def get_rayservice(self, namespace: str, name: str) -> dict[str, Any] | None:
         with classified(f"get RayService {namespace}/{name}"):

@@ -1,7 +1,7 @@
 """Side effects: make the cluster match each LLMService, then report what is really there.
 
 One level-based function, ``reconcile``, is called for every trigger: create/update/resume of an
-LLMService, a timer (the safety net for missed events and hand edits), and any event on an owned
+LLMService, a periodic resync (the safety net for missed events), and any event on an owned
 RayService (status mirroring, drift and deletion repair). It validates, renders, server-side
 applies only when the live child differs from the render, and writes status only when it
 changed. kopf handlers below just wire triggers to it.
@@ -9,6 +9,7 @@ changed. kopf handlers below just wire triggers to it.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import time
@@ -107,7 +108,7 @@ def reconcile(kube: Kube, body: Mapping[str, Any], trigger: str) -> dict[str, An
     except InvalidSpecError as exc:
         message = str(exc)
         if _write_status(kube, body, invalid_status(generation, message, previous), previous):
-            kopf.event(_kopf_body(body), type="Warning", reason="InvalidSpec", message=message)
+            kube.post_event(body, "Warning", "InvalidSpec", message)
         metrics.RECONCILES.labels(result="invalid").inc()
         raise kopf.PermanentError(f"invalid spec: {message}") from None
 
@@ -118,12 +119,9 @@ def reconcile(kube: Kube, body: Mapping[str, Any], trigger: str) -> dict[str, An
     if _needs_apply(rayservice, live):
         action = "created" if live is None else "updated"
         live = kube.apply_rayservice(rayservice)
-        kopf.event(
-            _kopf_body(body),
-            type="Normal",
-            reason="Applied",
-            message=f"RayService {name} {action} ({trigger}, spec hash "
-            f"{rayservice['metadata']['annotations'][c.ANNOTATION_SPEC_HASH]})",
+        hash_ = rayservice["metadata"]["annotations"][c.ANNOTATION_SPEC_HASH]
+        kube.post_event(
+            body, "Normal", "Applied", f"RayService {name} {action} ({trigger}, spec hash {hash_})"
         )
         metrics.APPLIES.labels(action=action).inc()
 
@@ -148,8 +146,8 @@ def _desired(svc: LLMService) -> Desired:
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    """Every kopf setting in one place."""
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """Every kopf setting in one place, then the periodic resync."""
     config: OperatorConfig = memo.setdefault("config", OperatorConfig.from_env())
     config.load_kube_config()
     memo["kube"] = Kube()
@@ -173,6 +171,36 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.execution.max_workers = config.max_workers
     if config.metrics_port:
         metrics.serve(config.metrics_port)
+    memo["resync"] = asyncio.create_task(_resync_forever(memo["kube"], config))
+
+
+@kopf.on.cleanup()
+async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
+    task = memo.get("resync")
+    if task is not None:
+        task.cancel()
+
+
+async def _resync_forever(kube: Kube, config: OperatorConfig) -> None:
+    """The safety net for missed events: reconcile every LLMService every interval.
+
+    Not a kopf.timer: kopf puts a finalizer on every object that has a timer, and then a
+    stopped operator would block `kubectl delete llmsvc`. Deletion must never need us.
+    """
+    while True:
+        await asyncio.sleep(config.timer_interval)
+        try:
+            bodies = await asyncio.to_thread(kube.list_llmservices, config.namespaces)
+        except (kopf.TemporaryError, kopf.PermanentError) as exc:
+            log.warning("resync: %s", exc)
+            continue
+        for body in bodies:
+            if body["metadata"].get("deletionTimestamp"):
+                continue
+            try:
+                await asyncio.to_thread(_counted, kube, body, "resync")
+            except (kopf.TemporaryError, kopf.PermanentError) as exc:
+                log.info("resync of %s: %s", body["metadata"]["name"], exc)
 
 
 @kopf.on.resume(c.GROUP, c.VERSION, c.PLURAL)
@@ -180,16 +208,6 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
 @kopf.on.update(c.GROUP, c.VERSION, c.PLURAL, field="spec")
 def on_llmservice(body: kopf.Body, memo: kopf.Memo, reason: str, **_: Any) -> None:
     _counted(memo["kube"], body, trigger=str(reason))
-
-
-_TIMER_INTERVAL = OperatorConfig.from_env().timer_interval
-
-
-# initial_delay: the create/resume handler has just converged the object; a timer firing at
-# the same moment would only race it.
-@kopf.timer(c.GROUP, c.VERSION, c.PLURAL, interval=_TIMER_INTERVAL, initial_delay=_TIMER_INTERVAL)
-def on_timer(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    _counted(memo["kube"], body, trigger="timer")
 
 
 def _counted(kube: Kube, body: Mapping[str, Any], trigger: str) -> None:

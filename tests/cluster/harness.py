@@ -480,6 +480,16 @@ class LocalCluster:
         with contextlib.suppress(FileNotFoundError):
             (self.workdir / STATE_FILE).unlink()
 
+    def restart_apiserver(self) -> None:
+        """Stop kube-apiserver and start it again on the same port (etcd keeps the state).
+
+        Clients see connection errors meanwhile, as in an API server upgrade or crash.
+        """
+        old = self._process("kube-apiserver")
+        _terminate(old, self.timeouts.stop)
+        self.processes.remove(old)
+        self._start_apiserver()
+
     def remove_workdir(self) -> None:
         """Delete the work dir if this cluster made it (keep it to read logs after a failure)."""
         if self.owns_workdir:

@@ -52,6 +52,7 @@ def llmservice(namespace: str, name: str = "llama", **spec: Any) -> dict[str, An
     obj = copy.deepcopy(example_services()["llama-8b-l4"])
     obj["metadata"] = {"name": name, "namespace": namespace}
     obj["spec"].update(spec)
+    obj["spec"] = {k: v for k, v in obj["spec"].items() if v is not None}  # None: drop the key
     return obj
 
 
