@@ -480,6 +480,12 @@ class LocalCluster:
         with contextlib.suppress(FileNotFoundError):
             (self.workdir / STATE_FILE).unlink()
 
+    def stop_component(self, name: str) -> None:
+        """Stop one component for good (benchmarks that measure without it)."""
+        proc = self._process(name)
+        _terminate(proc, self.timeouts.stop)
+        self.processes.remove(proc)
+
     def restart_apiserver(self) -> None:
         """Stop kube-apiserver and start it again on the same port (etcd keeps the state).
 

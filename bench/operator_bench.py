@@ -1,0 +1,143 @@
+"""Operator scale benchmark: N LLMServices created at once on the local control plane. Not a test.
+
+    .venv/bin/python -m bench.operator_bench [-n 1000] [--keep-kuberay]
+
+Reports the time until every RayService exists, the p50/p99 latency from an LLMService's
+create call returning to its RayService appearing (watched) during the burst, the same latency
+once steady (50 more, one at a time, polled every 10 ms), and the operator's peak RSS (VmHWM).
+KubeRay is stopped by default so the measurement is the operator's, not KubeRay building
+1,000 Ray clusters on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, watch
+
+from llmservice_operator import constants as c
+from tests.cluster.harness import LocalCluster
+from tests.cluster.operator_process import OperatorProcess, install_llmservice_crd
+from tests.cluster.test_operator import llmservice
+
+NAMESPACE = "bench"
+STEADY = 50
+SETTLE_S = 45
+
+
+def _exists(custom: client.CustomObjectsApi, name: str) -> bool:
+    try:
+        custom.get_namespaced_custom_object("ray.io", "v1", NAMESPACE, "rayservices", name)
+    except client.exceptions.ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
+
+
+def _peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def run(n: int, keep_kuberay: bool) -> dict[str, Any]:
+    with LocalCluster() as cluster:
+        if not keep_kuberay:
+            cluster.stop_component("kuberay-operator")
+        install_llmservice_crd(cluster.api_client)
+        core = client.CoreV1Api(cluster.api_client)
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NAMESPACE)))
+        proc = OperatorProcess(cluster, "operator-bench", "--timer-interval", "600")
+        proc.start()
+        time.sleep(5)  # operator startup (kopf login, CRD discovery, watches)
+        custom = client.CustomObjectsApi(cluster.api_client)
+
+        created: dict[str, float] = {}
+        appeared: dict[str, float] = {}
+        done = threading.Event()
+
+        def watch_rayservices() -> None:
+            w = watch.Watch()
+            for event in w.stream(
+                custom.list_namespaced_custom_object, "ray.io", "v1", NAMESPACE, "rayservices",
+                timeout_seconds=600,
+            ):  # fmt: skip
+                name = event["object"]["metadata"]["name"]
+                appeared.setdefault(name, time.monotonic())
+                if len(appeared) >= n:
+                    w.stop()
+            done.set()
+
+        watcher = threading.Thread(target=watch_rayservices, daemon=True)
+        watcher.start()
+        time.sleep(1)
+
+        def create(i: int) -> None:
+            name = f"svc-{i:04d}"
+            custom.create_namespaced_custom_object(
+                c.GROUP, c.VERSION, NAMESPACE, c.PLURAL, llmservice(NAMESPACE, name=name)
+            )
+            created[name] = time.monotonic()
+
+        began = time.monotonic()
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            list(pool.map(create, range(n)))
+        create_s = time.monotonic() - began
+        done.wait(timeout=600)
+        all_s = max(appeared.values()) - began if appeared else float("nan")
+        latencies = [appeared[k] - created[k] for k in created if k in appeared]
+
+        # Steady state: once the burst's follow-up work (RayService events, status writes)
+        # has drained, one more LLMService at a time.
+        time.sleep(SETTLE_S)
+        steady: list[float] = []
+        for i in range(STEADY):
+            name = f"steady-{i:03d}"
+            custom.create_namespaced_custom_object(
+                c.GROUP, c.VERSION, NAMESPACE, c.PLURAL, llmservice(NAMESPACE, name=name)
+            )
+            t0 = time.monotonic()
+            while not _exists(custom, name):
+                time.sleep(0.01)
+            steady.append(time.monotonic() - t0)
+        assert proc.proc is not None
+        result = {
+            "llmservices": n,
+            "rayservices_seen": len(appeared),
+            "create_calls_s": round(create_s, 2),
+            "all_rayservices_s": round(all_s, 2),
+            "latency_p50_s": round(statistics.median(latencies), 3),
+            "latency_p99_s": round(_pct(latencies, 0.99), 3),
+            "steady_latency_p50_s": round(statistics.median(steady), 3),
+            "steady_latency_p99_s": round(_pct(steady, 0.99), 3),
+            "operator_peak_rss_mib": round(_peak_rss_mib(proc.proc.pid), 1),
+            "kuberay_running": keep_kuberay,
+        }
+        proc.stop()
+        return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("-n", type=int, default=1000)
+    parser.add_argument("--keep-kuberay", action="store_true")
+    args = parser.parse_args()
+    print(json.dumps(run(args.n, args.keep_kuberay), indent=2))
+
+
+if __name__ == "__main__":
+    main()
