@@ -6,8 +6,8 @@ vLLM engine, replica health). Ray Serve validates ``args`` against the pydantic 
 ``build`` before calling it, so a bad serveConfigV2 fails at deploy time with field names.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: Ray Serve validates `args` only when the
+# builder's annotation is a real pydantic class, not a string.
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -50,9 +50,12 @@ def llm_config_kwargs(args: LLMAppArgs) -> dict[str, Any]:
     return kwargs
 
 
-def build(args: LLMAppArgs) -> Application:
+def build(args: LLMAppArgs) -> "Application":
     """Ray Serve application builder (``import_path: serve_app.app:build``)."""
     from ray.serve.llm import LLMConfig, build_openai_app
+
+    if not isinstance(args, LLMAppArgs):  # a caller that did not validate (old Ray versions)
+        args = LLMAppArgs.model_validate(args)
 
     llm_config = LLMConfig(**llm_config_kwargs(args))
     app: Application = build_openai_app({"llm_configs": [llm_config]})

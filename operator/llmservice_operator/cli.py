@@ -141,6 +141,23 @@ def cmd_operator(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_up(args: argparse.Namespace) -> int:
+    """Serve one LLMService's rendered Serve config on a local Ray until Ctrl-C."""
+    services = _load_services(args.file)
+    if len(services) != 1:
+        raise _InputError([f"{args.file}: `up` serves one LLMService, found {len(services)}"])
+    (rayservice,) = [o for o in render(services[0]) if o["kind"] == "RayService"]
+    from serve_app.local import main_from_cli  # needs the serving stack: import on use
+
+    return main_from_cli(
+        rayservice["spec"]["serveConfigV2"],
+        host=args.host,
+        port=args.port,
+        model_source=args.model_source,
+        env={e.name: e.value for e in services[0].spec.env},
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmservice", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -171,6 +188,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--standalone", action="store_true", help="no peering (exactly one replica)")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_operator)
+
+    p = sub.add_parser("up", help="serve an LLMService on a local Ray (CPU or local GPUs)")
+    p.add_argument("-f", "--file", required=True, help="LLMService YAML file, or - for stdin")
+    p.add_argument("--host", default="127.0.0.1", help="HTTP host of the OpenAI API")
+    p.add_argument("--port", type=int, default=None, help="HTTP port (default: a free one)")
+    p.add_argument(
+        "--model-source", default=None, help="serve weights from here instead of spec.model.source"
+    )
+    p.set_defaults(func=cmd_up)
     return parser
 
 

@@ -119,9 +119,22 @@ def _check_engine(spec: LLMServiceSpec) -> Iterator[FieldError]:
             yield FieldError(path, f"{key} is set by a typed field or by spec.model; use that")
 
 
+def _cpu_quantity(text: str) -> float:
+    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
 def _check_gpu(spec: LLMServiceSpec) -> Iterator[FieldError]:
     gpu, eng = spec.gpu, spec.engine
     if gpu is None:
+        # CPU serving: each worker pod hosts one replica, whose actor takes one CPU beside the
+        # engine's bundle of one CPU per rank (ray.serve.llm merges them into one bundle).
+        need = eng.tensor_parallel_size * eng.pipeline_parallel_size + 1
+        if _cpu_quantity(spec.worker_resources.cpu) < need:
+            yield FieldError(
+                "spec.workerResources.cpu",
+                f"a CPU replica needs {need} CPUs on its worker pod (1 for the replica, "
+                f"{need - 1} for the engine), got {spec.worker_resources.cpu}",
+            )
         return
     if gpu.accelerator_type not in KNOWN_ACCELERATOR_TYPES:
         yield FieldError(

@@ -42,8 +42,16 @@ def install_llmservice_crd(api_client: client.ApiClient) -> None:
 class OperatorProcess:
     """`llmservice operator` in a child process; its log lives beside the cluster's logs."""
 
-    def __init__(self, cluster: LocalCluster, name: str = "operator", *extra: str) -> None:
+    def __init__(
+        self,
+        cluster: LocalCluster,
+        name: str = "operator",
+        *extra: str,
+        kubeconfig: Path | None = None,
+    ) -> None:
+        """`kubeconfig`: whom the operator acts as (default: the cluster's admin)."""
         self.cluster = cluster
+        self.kubeconfig = kubeconfig or cluster.kubeconfig
         self.log = cluster.log_dir / f"{name}.log"
         self.args = [
             sys.executable, "-m", "llmservice_operator.cli", "operator",
@@ -53,7 +61,7 @@ class OperatorProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        env = {**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig)}
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
         with Path(self.log).open("ab") as out:
             self.proc = subprocess.Popen(
                 self.args, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True

@@ -1,8 +1,9 @@
-"""A real stock `ray.serve.llm` OpenAI app on a local Ray, serving the tiny model on CPU.
+"""Real ray.serve.llm OpenAI apps on one local Ray, serving the tiny model with vLLM on CPU.
 
-One deployment serves the whole session: on two cores it takes a minute or more to start
-(Ray, the Serve controller and proxy, then the vLLM engine in its replica), so every test
-in this folder shares it. Nothing here reaches a model hub: the model is generated
+Two apps share the session's Ray: stock `build_openai_app` under /stock (the ground truth)
+and our serve_app under / (deployed from the very serveConfigV2 the renderer writes for
+manifests/examples/tiny.yaml). On two cores each takes a minute or more to start, so every
+test in this folder shares them. Nothing here reaches a model hub: the model is generated
 locally by tests.support.tinymodel, and the hub libraries are told to stay offline.
 
 Tunables (environment): SERVE_TEST_DEPLOY_TIMEOUT_S (default 600) bounds the deploy wait;
@@ -27,7 +28,6 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL_DIR = REPO_ROOT / ".cache" / "tiny-model"
-APP_NAME = "llm"
 DEPLOY_TIMEOUT_S = float(os.environ.get("SERVE_TEST_DEPLOY_TIMEOUT_S", "600"))
 HTTP_READY_TIMEOUT_S = 60.0
 # Set in the driver and in the replicas: any attempt to reach a hub fails at once
@@ -87,22 +87,22 @@ def _fail_deploy(why: str, logs: Path) -> NoReturn:
     )
 
 
-def _wait_app_running(logs: Path, deadline: float) -> None:
+def _wait_app_running(logs: Path, deadline: float, name: str = "llm") -> None:
     from ray import serve
 
     last = "no status yet"
     while time.monotonic() < deadline:
-        app = serve.status().applications.get(APP_NAME)
+        app = serve.status().applications.get(name)
         if app is not None:
             status = str(app.status.value if hasattr(app.status, "value") else app.status)
             last = f"{status}: {app.message}" if app.message else status
             if status == "RUNNING":
                 return
             if status in ("DEPLOY_FAILED", "UNHEALTHY"):
-                _fail_deploy(f"Serve app {APP_NAME!r} is {last}", logs)
+                _fail_deploy(f"Serve app {name!r} is {last}", logs)
         time.sleep(2)
     _fail_deploy(
-        f"Serve app {APP_NAME!r} not RUNNING after {DEPLOY_TIMEOUT_S:.0f} s (last: {last})", logs
+        f"Serve app {name!r} not RUNNING after {DEPLOY_TIMEOUT_S:.0f} s (last: {last})", logs
     )
 
 
@@ -136,9 +136,15 @@ def tiny_model_dir() -> Path:
     return ensure_tiny_model(MODEL_DIR)
 
 
+@dataclass(frozen=True)
+class RaySession:
+    port: int
+    logs: Path
+
+
 @pytest.fixture(scope="session")
-def serve_endpoint(tiny_model_dir: Path) -> Iterator[ServeEndpoint]:
-    """Deploys stock build_openai_app for the tiny model; shuts Ray down afterwards."""
+def ray_session(tiny_model_dir: Path) -> Iterator[RaySession]:
+    """One local Ray + Serve for the whole session; every app of the tests deploys into it."""
     global _ray_logs, _failed
 
     # Imported here so that collecting tests without the serving stack installed still
@@ -146,60 +152,31 @@ def serve_endpoint(tiny_model_dir: Path) -> Iterator[ServeEndpoint]:
     try:
         import ray
         from ray import serve
-        from ray.serve.llm import LLMConfig, build_openai_app
-
-        from tests.support.tinymodel import SERVED_MODEL_NAME
     except ImportError as e:
         _fail_missing_stack(e)
 
     os.environ.update(OFFLINE_ENV)  # for the rest of the session: no test may reach a hub
+    # vLLM CPU reserves this many GiB for its KV cache (default 4); the replicas inherit it.
+    os.environ["VLLM_CPU_KVCACHE_SPACE"] = "1"
     # Short path: Ray puts unix sockets under it, and those are limited to ~107 bytes.
     temp_dir = Path(tempfile.mkdtemp(prefix="ray-serve-test-", dir="/tmp"))
     logs = temp_dir / "session_latest" / "logs"
     _ray_logs = logs
     port = _free_port()
-    base_url = f"http://127.0.0.1:{port}/v1"
-
     try:
         ray.init(
             address="local",  # never join a cluster that RAY_ADDRESS may point at
-            num_cpus=4,  # logical: the replica, its engine bundle and the ingress fit in it
+            # Logical: two apps, each a replica (engine bundle + its own CPU) and an ingress.
+            num_cpus=8,
             num_gpus=0,
             object_store_memory=256 * 1024**2,
             include_dashboard=False,
             log_to_driver=False,  # keep pytest output readable; the logs stay in `logs`
             _temp_dir=str(temp_dir),
+            _node_ip_address="127.0.0.1",  # Ray's own traffic stays on loopback
         )
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        llm_config = LLMConfig(
-            model_loading_config={
-                "model_id": SERVED_MODEL_NAME,
-                "model_source": str(tiny_model_dir),
-            },
-            # The default engine bundle asks for a GPU; this machine has none.
-            placement_group_config={"bundles": [{"CPU": 1}]},
-            engine_kwargs={
-                "enforce_eager": True,  # no torch.compile: minutes saved at start-up
-                "max_model_len": 512,
-                "max_num_seqs": 8,
-                "dtype": "float32",  # AVX2-only hosts have no fast bf16
-            },
-            deployment_config={"num_replicas": 1},
-            runtime_env={
-                # vLLM CPU reserves this many GiB for its KV cache (default 4).
-                "env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1", **OFFLINE_ENV},
-            },
-        )
-        app = build_openai_app({"llm_configs": [llm_config]})
-        # Not serve.run: it waits for RUNNING with no deadline.
-        serve.run_many(
-            [serve.RunTarget(target=app, name=APP_NAME, route_prefix="/")],
-            wait_for_ingress_deployment_creation=False,
-            wait_for_applications_running=False,
-        )
-        _wait_app_running(logs, time.monotonic() + DEPLOY_TIMEOUT_S)
-        _wait_http_ready(base_url, logs)
-        yield ServeEndpoint(base_url=base_url, model=SERVED_MODEL_NAME, logs_dir=logs)
+        yield RaySession(port=port, logs=logs)
     except BaseException:
         _failed = True
         raise
@@ -214,6 +191,74 @@ def serve_endpoint(tiny_model_dir: Path) -> Iterator[ServeEndpoint]:
                 print(f"\nRay/Serve logs kept at {logs}")
             else:
                 shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def deploy(session: RaySession, target: Any, name: str, route_prefix: str) -> str:
+    """Deploy one app into the session, wait until it answers; return its OpenAI base URL."""
+    from ray import serve
+
+    # Not serve.run: it waits for RUNNING with no deadline.
+    serve.run_many(
+        [serve.RunTarget(target=target, name=name, route_prefix=route_prefix)],
+        wait_for_ingress_deployment_creation=False,
+        wait_for_applications_running=False,
+    )
+    _wait_app_running(session.logs, time.monotonic() + DEPLOY_TIMEOUT_S, name)
+    base_url = f"http://127.0.0.1:{session.port}{route_prefix.rstrip('/')}/v1"
+    _wait_http_ready(base_url, session.logs)
+    return base_url
+
+
+@pytest.fixture(scope="session")
+def serve_endpoint(ray_session: RaySession, tiny_model_dir: Path) -> ServeEndpoint:
+    """Stock build_openai_app for the tiny model, under /stock."""
+    try:
+        from ray.serve.llm import LLMConfig, build_openai_app
+
+        from tests.support.tinymodel import SERVED_MODEL_NAME
+    except ImportError as e:
+        _fail_missing_stack(e)
+
+    llm_config = LLMConfig(
+        model_loading_config={
+            "model_id": SERVED_MODEL_NAME,
+            "model_source": str(tiny_model_dir),
+        },
+        # The default engine bundle asks for a GPU; this machine has none.
+        placement_group_config={"bundles": [{"CPU": 1}]},
+        engine_kwargs={
+            "enforce_eager": True,  # no torch.compile: minutes saved at start-up
+            "max_model_len": 512,
+            "max_num_seqs": 8,
+            "dtype": "float32",  # AVX2-only hosts have no fast bf16
+        },
+        deployment_config={"num_replicas": 1},
+    )
+    app = build_openai_app({"llm_configs": [llm_config]})
+    base_url = deploy(ray_session, app, "stock", "/stock")
+    return ServeEndpoint(base_url=base_url, model=SERVED_MODEL_NAME, logs_dir=ray_session.logs)
+
+
+@pytest.fixture(scope="session")
+def app_endpoint(ray_session: RaySession, tiny_model_dir: Path) -> ServeEndpoint:
+    """Our serve_app, deployed from the serveConfigV2 the renderer writes for tiny.yaml."""
+    try:
+        from serve_app.app import build
+        from serve_app.local import local_app
+    except ImportError as e:
+        _fail_missing_stack(e)
+    import yaml
+
+    from llmservice_operator.render import render_rayservice
+    from llmservice_operator.validate import parse
+    from serve_app.args import LLMAppArgs
+
+    example = yaml.safe_load((REPO_ROOT / "manifests" / "examples" / "tiny.yaml").read_text())
+    rayservice = render_rayservice(parse(example))
+    app = local_app(rayservice["spec"]["serveConfigV2"], model_source=str(tiny_model_dir))
+    target = build(LLMAppArgs.model_validate(app.args))
+    base_url = deploy(ray_session, target, app.name, app.route_prefix)
+    return ServeEndpoint(base_url=base_url, model=app.args["model_id"], logs_dir=ray_session.logs)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -91,6 +91,11 @@ BAD = [
     (with_spec(routePrefix="llama"), "spec.routePrefix", "String should match"),
     (with_spec(replicas=-1), "spec.replicas", "greater than or equal to 0"),
     ({**BASE, "metadata": {"name": "x" * 48}}, "metadata.name", "at most 47"),
+    (
+        {**BASE, "spec": {"model": {"source": "/m"}, "workerResources": {"cpu": "1500m"}}},
+        "spec.workerResources.cpu",
+        "needs 2 CPUs",
+    ),
     ({**BASE, "metadata": {"name": "9lives"}}, "metadata.name", "DNS-1035"),
 ]
 

@@ -1,0 +1,163 @@
+"""`llmservice up`: run an LLMService's rendered Serve config on a local Ray (CPU or local GPUs).
+
+It deploys exactly the application the renderer writes into the RayService's serveConfigV2
+(same import path, same args), so what works here is what the cluster will run. The only
+liberty taken is ``--model-source``, because the path a pod mounts rarely exists on a laptop.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import signal
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+DEPLOY_TIMEOUT_S = float(os.environ.get("LLMSERVICE_UP_DEPLOY_TIMEOUT_S", "900"))
+
+
+class UpError(RuntimeError):
+    """A one-line reason `up` cannot serve this LLMService here."""
+
+
+@dataclass(frozen=True)
+class LocalApp:
+    name: str
+    route_prefix: str
+    import_path: str
+    args: dict[str, Any]
+
+
+def local_app(serve_config_text: str, model_source: str | None = None) -> LocalApp:
+    """The one application of a rendered serveConfigV2, optionally with another model source."""
+    (app,) = yaml.safe_load(serve_config_text)["applications"]
+    args = dict(app["args"])
+    if model_source is not None:
+        args["model_source"] = model_source
+    return LocalApp(app["name"], app["route_prefix"], app["import_path"], args)
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _cpus_needed(args: dict[str, Any]) -> int:
+    dep = args["deployment"]
+    replicas = dep.get("num_replicas")
+    if replicas is None:
+        replicas = max(1, (dep.get("autoscaling") or {}).get("min_replicas", 1))
+    per_replica = sum(b.get("CPU", 0) for b in args["placement_bundles"]) + 1
+    return int(per_replica * replicas) + 2
+
+
+def _check_resources(args: dict[str, Any], cluster: dict[str, float]) -> None:
+    bundles: list[dict[str, float]] = args["placement_bundles"]
+    gpus = sum(b.get("GPU", 0) for b in bundles)
+    if gpus and cluster.get("GPU", 0) < gpus:
+        raise UpError(
+            f"spec.gpu: one replica needs {gpus:g} GPU(s) "
+            f"({args.get('accelerator_type') or 'any type'}) but this machine has "
+            f"{cluster.get('GPU', 0):g}; remove spec.gpu to try the model on CPU"
+        )
+
+
+def _wait_running(name: str, deadline: float) -> None:
+    from ray import serve
+
+    last = "no status yet"
+    while time.monotonic() < deadline:
+        app = serve.status().applications.get(name)
+        if app is not None:
+            status = str(getattr(app.status, "value", app.status))
+            last = f"{status}: {app.message}".rstrip(": ")
+            if status == "RUNNING":
+                return
+            if status in ("DEPLOY_FAILED", "UNHEALTHY"):
+                raise UpError(f"Serve app {name!r} is {last}")
+        time.sleep(1)
+    raise UpError(f"Serve app {name!r} not RUNNING within {DEPLOY_TIMEOUT_S:.0f}s (last: {last})")
+
+
+def run(
+    serve_config_text: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    model_source: str | None = None,
+    env: dict[str, str] | None = None,
+) -> int:
+    """Deploy, print the OpenAI base URL, serve until SIGINT/SIGTERM, clean up, return 0."""
+    import ray
+    from ray import serve
+
+    app = local_app(serve_config_text, model_source)
+    # spec.env reaches the Ray containers in the cluster; here the local Ray processes
+    # inherit it from this one.
+    os.environ.update(env or {})
+    port = port or _free_port()
+    # SIGTERM as SIGINT: both end the wait (or an unfinished deploy) through the cleanup below.
+    signal.signal(signal.SIGTERM, _interrupt)
+    # A short temp dir: Ray puts unix sockets there, and their paths are length-limited.
+    temp_dir = tempfile.mkdtemp(prefix="llmsvc-up-", dir="/tmp")
+    ray.init(
+        address="local",
+        # Logical CPUs: a replica holds its engine bundle plus one CPU for itself, and the
+        # OpenAI ingress needs one more; a laptop's core count must not make that unschedulable.
+        num_cpus=max(os.cpu_count() or 1, _cpus_needed(app.args)),
+        include_dashboard=False,
+        _temp_dir=temp_dir,
+        _node_ip_address="127.0.0.1",  # Ray's own traffic stays on loopback
+        log_to_driver=False,
+    )
+    try:
+        _check_resources(app.args, ray.cluster_resources())
+        serve.start(http_options={"host": host, "port": port})
+        module, attr = app.import_path.split(":")
+        builder = getattr(importlib.import_module(module), attr)
+        # Validate args against the builder's pydantic annotation, as Ray Serve does.
+        model = inspect.signature(builder).parameters["args"].annotation
+        valid = model.model_validate(app.args) if hasattr(model, "model_validate") else app.args
+        target = builder(valid)
+        serve.run_many(
+            [serve.RunTarget(target=target, name=app.name, route_prefix=app.route_prefix)],
+            wait_for_ingress_deployment_creation=False,
+            wait_for_applications_running=False,
+        )
+        _wait_running(app.name, time.monotonic() + DEPLOY_TIMEOUT_S)
+        prefix = app.route_prefix.rstrip("/")
+        print(f"OpenAI base URL: http://{host}:{port}{prefix}/v1", flush=True)
+        print(f"model: {app.args['model_id']}   (Ctrl-C stops; Ray logs: {temp_dir})", flush=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("stopping", flush=True)
+        return 0
+    finally:
+        # A second Ctrl-C (or `timeout` forwarding one) must not cut the cleanup short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+
+
+def main_from_cli(serve_config_text: str, **kwargs: Any) -> int:
+    try:
+        return run(serve_config_text, **kwargs)
+    except UpError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
