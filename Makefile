@@ -54,6 +54,11 @@ crd: venv ## Regenerate the LLMService CRD from the pydantic models
 .PHONY: check-generated
 check-generated: venv ## Fail if a generated file differs from a fresh generation
 	$(PY) -m llmservice_operator.api.crd $(CRD_FILE) --check
+	$(PY) hack/gen-argocd.py --check
+
+.PHONY: argocd
+argocd: venv ## Regenerate manifests/argocd/argocd-cm-patch.yaml from the health check Lua
+	$(PY) hack/gen-argocd.py
 
 .PHONY: golden
 golden: venv ## Rewrite the rendering golden files (review the diff before committing)

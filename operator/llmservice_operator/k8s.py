@@ -155,6 +155,7 @@ class Kube:
                     c.PLURAL,
                     name,
                     {"status": dict(status)},
+                    field_manager=c.FIELD_MANAGER,
                     _content_type=MERGE_PATCH,
                 )
             except ApiException as exc:

@@ -16,12 +16,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import lupa  # a dev dependency: a missing Lua runtime fails the suite, it never skips
 import pytest
 import yaml
 
 from llmservice_operator import status as st
-
-lupa = pytest.importorskip("lupa")
 
 ROOT = Path(__file__).resolve().parents[2]
 ARGOCD = ROOT / "manifests" / "argocd"
