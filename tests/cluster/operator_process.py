@@ -6,8 +6,11 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 from kubernetes import client
 
 from llmservice_operator.api.crd import crd
@@ -83,3 +86,20 @@ class OperatorProcess:
 
     def tail(self, lines: int = 60) -> str:
         return log_tail(self.log, lines)
+
+
+@contextmanager
+def running_operator(
+    cluster: LocalCluster, request: pytest.FixtureRequest, name: str
+) -> Iterator[OperatorProcess]:
+    """CRD installed, operator started; on the way out stopped, its log printed if tests failed."""
+    install_llmservice_crd(cluster.api_client)
+    proc = OperatorProcess(cluster, name)
+    proc.start()
+    failed_before = request.session.testsfailed
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        if request.session.testsfailed > failed_before:
+            print(f"\n--- {name} log (tail) ---\n{proc.tail()}")

@@ -22,7 +22,7 @@ from tests.cluster.harness import LocalCluster, wait_for
 from tests.cluster.operator_process import (
     TIMER_INTERVAL_S,
     OperatorProcess,
-    install_llmservice_crd,
+    running_operator,
 )
 from tests.unit.examples import example_services
 
@@ -33,14 +33,8 @@ WAIT_S = 60.0
 
 @pytest.fixture(scope="module")
 def operator(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator[OperatorProcess]:
-    install_llmservice_crd(cluster.api_client)
-    proc = OperatorProcess(cluster)
-    proc.start()
-    failed_before = request.session.testsfailed
-    yield proc
-    proc.stop()
-    if request.session.testsfailed > failed_before:
-        print(f"\n--- operator log (tail) ---\n{proc.tail()}")
+    with running_operator(cluster, request, "operator") as proc:
+        yield proc
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from tests.cluster.harness import LocalCluster, wait_for
 from tests.cluster.operator_process import (
     TIMER_INTERVAL_S,
     OperatorProcess,
-    install_llmservice_crd,
+    running_operator,
 )
 from tests.cluster.test_operator import RAY, get_rs, llmservice, worker_group
 
@@ -27,14 +27,8 @@ pytestmark = pytest.mark.cluster
 
 @pytest.fixture(scope="module")
 def operator(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator[OperatorProcess]:
-    install_llmservice_crd(cluster.api_client)
-    proc = OperatorProcess(cluster, "operator-resilience")
-    proc.start()
-    failed_before = request.session.testsfailed
-    yield proc
-    proc.stop()
-    if request.session.testsfailed > failed_before:
-        print(f"\n--- operator log (tail) ---\n{proc.tail()}")
+    with running_operator(cluster, request, "operator-resilience") as proc:
+        yield proc
 
 
 @pytest.fixture

@@ -18,14 +18,7 @@ if TYPE_CHECKING:
 
     from tests.serve.conftest import ServeEndpoint
 
-pytestmark = [
-    pytest.mark.serve,
-    # Raised inside Ray and torch on import, nothing this project can act on.
-    pytest.mark.filterwarnings(
-        "ignore:Using extra keyword arguments on `Field`:DeprecationWarning"
-    ),
-    pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"),
-]
+pytestmark = pytest.mark.serve
 
 # The weights are random: whatever the model says is fine, as long as it says something.
 # temperature 0 makes it say the same thing every run; min_tokens (a vLLM sampling

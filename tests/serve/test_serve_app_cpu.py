@@ -17,13 +17,7 @@ if TYPE_CHECKING:
 
     from tests.serve.conftest import ServeEndpoint
 
-pytestmark = [
-    pytest.mark.serve,
-    pytest.mark.filterwarnings(
-        "ignore:Using extra keyword arguments on `Field`:DeprecationWarning"
-    ),
-    pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"),
-]
+pytestmark = pytest.mark.serve
 
 # Random weights: any text will do, as long as there is some (min_tokens is a vLLM extension).
 EXTRA_BODY = {"min_tokens": 4}
