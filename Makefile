@@ -98,12 +98,13 @@ cluster-down: venv ## Stop the local control plane
 	@$(PY) -m tests.cluster.harness down --dir $(CLUSTER_DIR)
 
 .PHONY: demo-down
-demo-down: venv ## Stop the demo's operator and the local control plane
+demo-down: venv ## Stop the demo's Ray node, operator and the local control plane
+	@bash hack/demo-ray-node.sh down
 	@if [ -f $(CLUSTER_DIR)/operator.pid ]; then kill $$(cat $(CLUSTER_DIR)/operator.pid) 2>/dev/null || true; rm -f $(CLUSTER_DIR)/operator.pid; fi
 	@$(PY) -m tests.cluster.harness down --dir $(CLUSTER_DIR)
 
 .PHONY: demo
-demo: venv tools ## End to end on the local control plane (see README)
+demo: venv tools model ## End to end on the local control plane (see README)
 	@bash hack/demo.sh
 
 .PHONY: clean

@@ -3,8 +3,12 @@
 #   1. start the local control plane (etcd, kube-apiserver, controller-manager, scheduler,
 #      KWOK GPU/CPU nodes, the real KubeRay operator) unless it is already up;
 #   2. install the LLMService CRD and start the operator (`llmservice operator`);
-#   3. `kubectl apply -f manifests/examples/tiny.yaml`;
-#   4. show what the operator and KubeRay made of it.
+#   3. start one real Ray node in a network namespace that stands in for the Ray pods
+#      (hack/demo-ray-node.sh: KWOK pods run nothing, this node runs Ray, Serve and vLLM);
+#   4. `kubectl apply -f manifests/examples/tiny.yaml`: the operator renders and applies the
+#      RayService, KubeRay creates the RayCluster and submits the serve config to the Ray node;
+#   5. wait until the LLMService is Ready, then ask it something through the Kubernetes
+#      service proxy with the openai client.
 # `make demo-down` stops everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,9 +41,18 @@ else
   echo "operator started (pid $!, log $dir/operator.log)"
 fi
 
+step "A real Ray node for the Ray pods (network namespace on this machine)"
+bash hack/demo-ray-node.sh up
+
 name=$($py -c "import sys,yaml; print(yaml.safe_load(open(sys.argv[1]))['metadata']['name'])" "$example")
 step "kubectl apply -f $example"
 $kubectl apply -f "$example"
+
+mkdir -p .cache/demo
+if ! { [ -f .cache/demo/adopt.pid ] && kill -0 "$(cat .cache/demo/adopt.pid)" 2>/dev/null; }; then
+  setsid bash hack/demo-ray-node.sh adopt "$name" >.cache/demo/adopt.log 2>&1 &
+  echo $! >.cache/demo/adopt.pid
+fi
 
 step "Waiting for the operator's RayService and KubeRay's RayCluster and pods"
 deadline=$(( $(date +%s) + timeout_s ))
@@ -57,17 +70,42 @@ $kubectl get llmsvc,rayservice,raycluster
 $kubectl get pods -o wide
 $kubectl get events --field-selector involvedObject.kind=LLMService
 
-step "Status"
+step "Waiting for the LLMService to be Ready (KubeRay deploys the Serve app; vLLM loads the model)"
+$kubectl wait --for=condition=Ready --timeout="${DEMO_SERVE_TIMEOUT:-900}s" "llmsvc/$name" \
+  || die "not Ready in time: see $dir/operator.log, .cache/demo/ray-node.log, $dir/logs/kuberay-operator.log"
 $kubectl get llmsvc "$name" -o jsonpath='{range .status.conditions[*]}{.type}={.status} ({.reason}) {.message}{"\n"}{end}'
+
+step "A chat completion through the Kubernetes service proxy (kubectl proxy -> kube-apiserver -> $name-serve-svc -> Ray Serve -> vLLM)"
+port=$($py -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])")
+$kubectl proxy --port="$port" >"$dir/kubectl-proxy.log" 2>&1 &
+proxy_pid=$!
+trap 'kill $proxy_pid 2>/dev/null || true' EXIT
+sleep 2
+model=$($kubectl get rayservice "$name" -o jsonpath='{.spec.serveConfigV2}' | $py -c "import sys,yaml; print(yaml.safe_load(sys.stdin)['applications'][0]['args']['model_id'])")
+NO_PROXY='*' $py - "http://127.0.0.1:$port/api/v1/namespaces/default/services/$name-serve-svc:serve/proxy/v1" "$model" <<'PY'
+import sys
+from openai import OpenAI
+client = OpenAI(base_url=sys.argv[1], api_key="unused", timeout=120)
+print("models:", [m.id for m in client.models.list()])
+resp = client.chat.completions.create(
+    model=sys.argv[2], messages=[{"role": "user", "content": "Hello! Who are you?"}], max_tokens=24
+)
+print("assistant:", repr(resp.choices[0].message.content), "(random weights: any text is a success)")
+print("usage:", resp.usage)
+PY
+
+step "kubectl get llmsvc"
+$kubectl get llmsvc
 cat <<TXT
 
-The RayService is applied and KubeRay has created the Ray cluster on the simulated nodes.
-KWOK pods run no Ray processes, so KubeRay (and thus the LLMService) truthfully reports the
-Serve app as not yet serving.
+The whole path is real: the operator rendered and applied the RayService, KubeRay built the Ray
+cluster and submitted the serve config, Ray Serve runs serve_app with vLLM (CPU), and the answer
+came back through the serve Service. Only the nodes and pods are simulated (KWOK); the Ray pods'
+work is done by one Ray node in a network namespace (hack/demo-ray-node.sh).
 
 Next:
   export KUBECONFIG=$PWD/$dir/kubeconfig
   $kubectl get llmsvc -w                 # watch status
   $kubectl scale llmsvc/$name --replicas=2
-  make demo-down                        # stop the operator and the control plane
+  make demo-down                        # stop the Ray node, the operator and the control plane
 TXT
