@@ -107,6 +107,19 @@ demo-down: venv ## Stop the demo's Ray node, operator and the local control plan
 demo: venv tools model ## End to end on the local control plane (see README)
 	@bash hack/demo.sh
 
+.PHONY: bench-serve
+bench-serve: model ## vLLM server vs stock ray.serve.llm vs our serve_app on CPU (results/)
+	@$(PY) -c "import matplotlib" 2>/dev/null || $(PY) -m pip install -q "matplotlib>=3.8"
+	$(PY) -m bench.serve_bench
+
+.PHONY: bench-operator
+bench-operator: venv tools ## 1,000 LLMServices at once against the operator (local control plane)
+	$(PY) -m bench.operator_bench -n 1000
+
+.PHONY: bench-render
+bench-render: venv ## Render time per LLMService (median of 1,000)
+	$(PY) -m bench.render_bench -n 1000
+
 .PHONY: clean
 clean: ## Remove the virtualenv and caches (keeps Go's build cache)
 	rm -rf $(VENV) $(CACHE) bin

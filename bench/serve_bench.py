@@ -1,0 +1,265 @@
+"""Serving benchmark on CPU: the same tiny model, prompts and client against three servers.
+
+    .venv/bin/python -m bench.serve_bench [--concurrency 1 8 32] [--requests 32] [--rounds 2]
+
+(a) vLLM's own OpenAI server, (b) stock ``ray.serve.llm.build_openai_app``, (c) our serve_app
+deployed from the renderer's serveConfigV2 for manifests/examples/tiny.yaml. Same engine settings
+for all three. Rounds are interleaved (a, b, c, a, b, c, ...) so that one noisy stretch of a
+shared 2-core machine cannot decide a ratio; each figure is the median over rounds. Writes
+results/serve-bench.json and results/serve-bench.png (results/ is ignored by git). Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "results"
+MODEL = "tiny-llama"
+PROMPT = " ".join(f"word{(i * 7919) % 500}" for i in range(64))
+MAX_TOKENS = 32
+ENGINE = {"enforce_eager": True, "max_model_len": 512, "max_num_seqs": 32, "dtype": "float32"}
+ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes] | None, timeout: float = 900) -> None:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before answering {url}")
+        try:
+            with opener.open(url, timeout=5) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(2)
+    raise TimeoutError(f"{url} not answering within {timeout:.0f}s")
+
+
+async def _one(client: Any, res: list[tuple[float, int, list[float]]]) -> None:
+    t0 = time.perf_counter()
+    first = last = None
+    itl: list[float] = []
+    tokens = 0
+    stream = await client.completions.create(
+        model=MODEL, prompt=PROMPT, max_tokens=MAX_TOKENS, stream=True,
+        stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
+    )  # fmt: skip
+    async for chunk in stream:
+        now = time.perf_counter()
+        if chunk.choices:
+            if first is None:
+                first = now
+            elif last is not None:
+                itl.append(now - last)
+            last = now
+        if getattr(chunk, "usage", None):
+            tokens = chunk.usage.completion_tokens
+    res.append(((first or now) - t0, tokens, itl))
+
+
+async def _measure(base_url: str, concurrency: int, requests: int) -> dict[str, float]:
+    from openai import AsyncOpenAI
+
+    client = AsyncOpenAI(base_url=base_url, api_key="unused", timeout=600, max_retries=0)
+    sem = asyncio.Semaphore(concurrency)
+    res: list[tuple[float, int, list[float]]] = []
+
+    async def worker(into: list[tuple[float, int, list[float]]]) -> None:
+        async with sem:
+            await _one(client, into)
+
+    await asyncio.gather(*[worker([]) for _ in range(min(concurrency, 4))])  # warm-up
+    t0 = time.perf_counter()
+    await asyncio.gather(*[worker(res) for _ in range(requests)])
+    elapsed = time.perf_counter() - t0
+    await client.close()
+    ttft = sorted(r[0] for r in res)
+    itl = sorted(x for r in res for x in r[2])
+    return {
+        "out_tok_s": sum(r[1] for r in res) / elapsed,
+        "ttft_p50_ms": ttft[len(ttft) // 2] * 1000,
+        "ttft_p99_ms": ttft[max(0, int(len(ttft) * 0.99) - 1)] * 1000,
+        "itl_p50_ms": itl[len(itl) // 2] * 1000 if itl else float("nan"),
+    }
+
+
+def _start_vllm(model_dir: Path, port: int) -> subprocess.Popen[bytes]:
+    args = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+        "--served-model-name", MODEL, "--host", "127.0.0.1", "--port", str(port),
+        "--enforce-eager", "--max-model-len", "512", "--max-num-seqs", "32", "--dtype", "float32",
+    ]  # fmt: skip
+    log = (RESULTS / "vllm-server.log").open("wb")
+    return subprocess.Popen(
+        args,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **ENV},
+        start_new_session=True,
+    )
+
+
+def _serve_apps(model_dir: Path, port: int) -> tuple[str, str]:
+    """Stock build_openai_app under /stock and our serve_app under / on one local Ray."""
+    import ray
+    from ray import serve
+    from ray.serve.llm import LLMConfig, build_openai_app
+
+    from llmservice_operator.render import render_rayservice
+    from llmservice_operator.validate import parse
+    from serve_app.app import build
+    from serve_app.args import LLMAppArgs
+    from serve_app.local import local_app
+
+    os.environ.update(ENV)
+    ray.init(
+        address="local", num_cpus=8, include_dashboard=False, log_to_driver=False,
+        _temp_dir=tempfile.mkdtemp(prefix="ray-bench-", dir="/tmp"), _node_ip_address="127.0.0.1",
+    )  # fmt: skip
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    stock = build_openai_app(
+        {
+            "llm_configs": [
+                LLMConfig(
+                    model_loading_config={"model_id": MODEL, "model_source": str(model_dir)},
+                    placement_group_config={"bundles": [{"CPU": 1}]},
+                    engine_kwargs=ENGINE,
+                    deployment_config={"num_replicas": 1, "max_ongoing_requests": 64},
+                )
+            ]
+        }
+    )
+    example = yaml.safe_load((ROOT / "manifests" / "examples" / "tiny.yaml").read_text())
+    example["spec"]["engine"].update(maxNumSeqs=32)
+    example["spec"]["maxOngoingRequests"] = 64
+    rendered = render_rayservice(parse(example))
+    app = local_app(rendered["spec"]["serveConfigV2"], model_source=str(model_dir))
+    ours = build(LLMAppArgs.model_validate(app.args))
+    serve.run_many(
+        [
+            serve.RunTarget(target=stock, name="stock", route_prefix="/stock"),
+            serve.RunTarget(target=ours, name="llm", route_prefix="/"),
+        ],
+        wait_for_applications_running=True,
+    )
+    return f"http://127.0.0.1:{port}/stock/v1", f"http://127.0.0.1:{port}/v1"
+
+
+def _plot(results: dict[str, Any], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for system, rows in results["systems"].items():
+        conc = [r["concurrency"] for r in rows]
+        axes[0].plot(conc, [r["out_tok_s"] for r in rows], marker="o", label=system)
+        axes[1].plot(conc, [r["ttft_p50_ms"] for r in rows], marker="o", label=system)
+    axes[0].set(xscale="log", xlabel="concurrency", ylabel="output tok/s", title="Throughput")
+    axes[1].set(xscale="log", xlabel="concurrency", ylabel="ms", title="TTFT p50")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--requests", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    RESULTS.mkdir(exist_ok=True)
+    from tests.support.tinymodel import ensure_tiny_model
+
+    model_dir = ensure_tiny_model(ROOT / ".cache" / "tiny-model")
+    vllm_port, serve_port = _free_port(), _free_port()
+    vllm = _start_vllm(model_dir, vllm_port)
+    try:
+        stock_url, ours_url = _serve_apps(model_dir, serve_port)
+        _wait_http(f"http://127.0.0.1:{vllm_port}/v1/models", vllm)
+        urls = {"vllm": f"http://127.0.0.1:{vllm_port}/v1", "stock": stock_url, "ours": ours_url}
+        raw: dict[str, dict[int, list[dict[str, float]]]] = {s: {} for s in urls}
+        for conc in args.concurrency:
+            for _ in range(args.rounds):
+                for system, url in urls.items():  # interleaved
+                    m = asyncio.run(_measure(url, conc, max(args.requests, conc * 2)))
+                    raw[system].setdefault(conc, []).append(m)
+                    print(json.dumps({"system": system, "concurrency": conc, **m}), flush=True)
+    finally:
+        os.killpg(vllm.pid, signal.SIGTERM)
+        try:
+            import ray
+            from ray import serve
+
+            serve.shutdown()
+            ray.shutdown()
+        except Exception as exc:  # best effort: report, don't mask the benchmark's own error
+            print(f"shutdown: {exc}", file=sys.stderr)
+
+    systems = {
+        s: [
+            {"concurrency": c, **{k: statistics.median(m[k] for m in ms) for k in ms[0]}}
+            for c, ms in sorted(by_conc.items())
+        ]
+        for s, by_conc in raw.items()
+    }
+    ratios = [
+        {
+            "concurrency": o["concurrency"],
+            "ours_vs_vllm_tok_s": o["out_tok_s"] / v["out_tok_s"],
+            "ours_vs_stock_tok_s": o["out_tok_s"] / s["out_tok_s"],
+            "ours_minus_vllm_ttft_p50_ms": o["ttft_p50_ms"] - v["ttft_p50_ms"],
+        }
+        for o, v, s in zip(systems["ours"], systems["vllm"], systems["stock"], strict=True)
+    ]
+    results = {"rounds": args.rounds, "systems": systems, "ratios": ratios}
+    (RESULTS / "serve-bench.json").write_text(json.dumps(results, indent=2))
+    plotted = _plot(results, RESULTS / "serve-bench.png")
+    print(
+        f"\n{'conc':>5} {'system':>6} {'tok/s':>8} {'TTFT p50':>9} {'TTFT p99':>9} {'ITL p50':>8}"
+    )
+    for system, rows in systems.items():
+        for r in rows:
+            print(
+                f"{r['concurrency']:>5} {system:>6} {r['out_tok_s']:>8.1f} "
+                f"{r['ttft_p50_ms']:>7.1f}ms {r['ttft_p99_ms']:>7.1f}ms {r['itl_p50_ms']:>6.1f}ms"
+            )
+    for r in ratios:
+        print(
+            f"conc {r['concurrency']}: ours/vllm {r['ours_vs_vllm_tok_s']:.2f}x, "
+            f"ours/stock {r['ours_vs_stock_tok_s']:.2f}x, "
+            f"TTFT p50 {r['ours_minus_vllm_ttft_p50_ms']:+.1f} ms vs vllm"
+        )
+    print(f"results: {RESULTS / 'serve-bench.json'}" + (" and serve-bench.png" if plotted else ""))
+
+
+if __name__ == "__main__":
+    main()
