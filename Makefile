@@ -48,12 +48,18 @@ model: serve-deps ## The tiny random-weight model used by serve tests and the de
 CRD_FILE := manifests/crd/llmservices.llmservice.dev.yaml
 
 .PHONY: crd
-crd: venv ## Regenerate the LLMService CRD from the pydantic models
+crd: venv tools ## Regenerate the LLMService CRD from the pydantic models (and the chart's copy)
 	$(PY) -m llmservice_operator.api.crd $(CRD_FILE)
+	bash hack/gen-manifests.sh
+
+.PHONY: manifests
+manifests: tools ## Copy the CRD into the chart, render manifests/install.yaml from the chart
+	bash hack/gen-manifests.sh
 
 .PHONY: check-generated
-check-generated: venv ## Fail if a generated file differs from a fresh generation
+check-generated: venv tools ## Fail if a generated file differs from a fresh generation
 	$(PY) -m llmservice_operator.api.crd $(CRD_FILE) --check
+	bash hack/gen-manifests.sh --check
 	$(PY) hack/gen-argocd.py --check
 
 .PHONY: argocd
@@ -73,7 +79,7 @@ lint: venv ## ruff + mypy
 	$(VENV)/bin/mypy
 
 .PHONY: test-unit
-test-unit: venv ## Unit tests (no processes)
+test-unit: venv tools ## Unit tests (no cluster; the chart tests run bin/helm)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 .PHONY: test-cluster
