@@ -124,6 +124,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
         liveness_endpoint=args.liveness or None,
         peering_name=args.peering,
         standalone=args.standalone,
+        **({"priority": args.priority} if args.priority else {}),
     )
     # The same config as env vars, for anything that reads it outside kopf's memo.
     os.environ.update(config.to_env())
@@ -135,6 +136,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
         namespaces=config.namespaces,
         standalone=config.standalone or None,
         peering_name=config.peering_name,
+        priority=config.priority,
         liveness_endpoint=config.liveness_endpoint,
         memo=kopf.Memo(config=config),
     )
@@ -186,6 +188,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--peering", default="llmservice-operator", help="kopf peering name")
     p.add_argument("--standalone", action="store_true", help="no peering (exactly one replica)")
+    p.add_argument(
+        "--priority", type=int, default=0, help="kopf peering priority (default: random)"
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_operator)
 

@@ -73,6 +73,36 @@ class Kube:
                 items += cast(dict[str, Any], listed)["items"]
             return items
 
+    def outranked(self, peering: str, namespaces: list[str], priority: int) -> bool:
+        """True while a live kopf peer with a higher priority exists: it does the work.
+
+        kopf pauses its own handlers then; this lets the resync loop stand by the same way.
+        Without kopf's peering CRDs (standalone) nobody outranks us.
+        """
+        kind = "kopfpeerings" if namespaces else "clusterkopfpeerings"
+        try:
+            if namespaces:
+                listed = self.custom.list_namespaced_custom_object(
+                    "kopf.dev", "v1", namespaces[0], kind
+                )
+            else:
+                listed = self.custom.list_cluster_custom_object("kopf.dev", "v1", kind)
+        except (ApiException, OSError):
+            return False
+        now = dt.datetime.now(dt.UTC)
+        for obj in cast(dict[str, Any], listed)["items"]:
+            if obj["metadata"]["name"] != peering:
+                continue
+            for peer in (obj.get("status") or {}).values():
+                if not isinstance(peer, Mapping) or int(peer.get("priority", 0)) <= priority:
+                    continue
+                seen = dt.datetime.fromisoformat(str(peer.get("lastseen")))
+                if seen.tzinfo is None:
+                    seen = seen.replace(tzinfo=dt.UTC)
+                if seen + dt.timedelta(seconds=int(peer.get("lifetime", 60))) > now:
+                    return True
+        return False
+
     def post_event(
         self, involved: Mapping[str, Any], event_type: str, reason: str, message: str
     ) -> None:

@@ -189,6 +189,10 @@ async def _resync_forever(kube: Kube, config: OperatorConfig) -> None:
     """
     while True:
         await asyncio.sleep(config.timer_interval)
+        if not config.standalone and await asyncio.to_thread(
+            kube.outranked, config.peering_name, config.namespaces, config.priority
+        ):
+            continue  # a hot standby: the leading peer resyncs
         try:
             bodies = await asyncio.to_thread(kube.list_llmservices, config.namespaces)
         except (kopf.TemporaryError, kopf.PermanentError) as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 from dataclasses import dataclass, field
 
 import kubernetes
@@ -23,6 +24,9 @@ class OperatorConfig:
     liveness_endpoint: str | None = "http://0.0.0.0:8081/healthz"
     peering_name: str = "llmservice-operator"
     standalone: bool = False
+    # kopf pauses every replica that sees a peer of the same priority: each replica needs its
+    # own. Random by default, so replicas of one Deployment are a leader and hot standbys.
+    priority: int = field(default_factory=lambda: random.randint(1, 2**30))
     max_workers: int = 8
 
     @classmethod
@@ -36,6 +40,7 @@ class OperatorConfig:
             liveness_endpoint=_env("LIVENESS_ENDPOINT", "http://0.0.0.0:8081/healthz") or None,
             peering_name=_env("PEERING", "llmservice-operator"),
             standalone=_env("STANDALONE", "false").lower() in ("1", "true", "yes"),
+            priority=int(_env("PRIORITY", "0")) or random.randint(1, 2**30),
             max_workers=int(_env("MAX_WORKERS", "8")),
         )
 
@@ -49,6 +54,7 @@ class OperatorConfig:
             ENV_PREFIX + "LIVENESS_ENDPOINT": self.liveness_endpoint or "",
             ENV_PREFIX + "PEERING": self.peering_name,
             ENV_PREFIX + "STANDALONE": str(self.standalone).lower(),
+            ENV_PREFIX + "PRIORITY": str(self.priority),
             ENV_PREFIX + "MAX_WORKERS": str(self.max_workers),
         }
 

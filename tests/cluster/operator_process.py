@@ -51,14 +51,16 @@ class OperatorProcess:
         name: str = "operator",
         *extra: str,
         kubeconfig: Path | None = None,
+        standalone: bool = True,
     ) -> None:
-        """`kubeconfig`: whom the operator acts as (default: the cluster's admin)."""
+        """`kubeconfig`: whom the operator acts as (default: the cluster's admin);
+        `standalone=False`: take part in kopf peering (pass --peering/--priority in `extra`)."""
         self.cluster = cluster
         self.kubeconfig = kubeconfig or cluster.kubeconfig
         self.log = cluster.log_dir / f"{name}.log"
         self.args = [
             sys.executable, "-m", "llmservice_operator.cli", "operator",
-            "--standalone", "--metrics-port", "0", "--liveness", "",
+            *(["--standalone"] if standalone else []), "--metrics-port", "0", "--liveness", "",
             "--timer-interval", str(TIMER_INTERVAL_S), "--verbose", *extra,
         ]  # fmt: skip
         self.proc: subprocess.Popen[bytes] | None = None
