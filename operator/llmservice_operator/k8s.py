@@ -45,7 +45,10 @@ def classified(what: str) -> Iterator[None]:
     try:
         yield
     except ApiException as exc:
-        if exc.status in _RETRY_STATUSES or exc.status == 0:
+        # A namespace being deleted refuses new objects (403) until its LLMServices are gone
+        # too: that settles by itself, it is not a permissions problem.
+        terminating = exc.status == 403 and "being terminated" in _reason(exc)
+        if exc.status in _RETRY_STATUSES or exc.status == 0 or terminating:
             raise kopf.TemporaryError(
                 f"{what}: HTTP {exc.status} {_reason(exc)}", delay=RETRY_DELAY_S
             ) from exc
