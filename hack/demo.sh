@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-dir=.cache/cluster
+dir=${DEMO_CLUSTER_DIR:-.cache/cluster}
 py=.venv/bin/python
 kubectl=bin/kubectl
 example=${DEMO_EXAMPLE:-manifests/examples/tiny.yaml}

@@ -21,8 +21,10 @@ from serve_app.args import AutoscalingArgs, DeploymentArgs, LLMAppArgs
 
 # Ray release the defaults target; images carry Python 3.11 like this package.
 DEFAULT_RAY_VERSION = "2.60.0"
-DEFAULT_GPU_IMAGE = f"rayproject/ray-llm:{DEFAULT_RAY_VERSION}-py311-cu128"
-DEFAULT_CPU_IMAGE = f"rayproject/ray:{DEFAULT_RAY_VERSION}-py311-cpu"
+# Built from serve_app/Dockerfile: a stock Ray image plus serve_app, which serveConfigV2 imports.
+_IMAGE_REPO = "ghcr.io/llmservice/llmservice-ray"
+DEFAULT_GPU_IMAGE = f"{_IMAGE_REPO}:0.1.0-ray{DEFAULT_RAY_VERSION}-gpu"
+DEFAULT_CPU_IMAGE = f"{_IMAGE_REPO}:0.1.0-ray{DEFAULT_RAY_VERSION}-cpu"
 SERVE_APP_IMPORT_PATH = "serve_app.app:build"
 SERVE_APP_NAME = "llm"
 HF_TOKEN_ENV = "HF_TOKEN"
