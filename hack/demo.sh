@@ -14,6 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 dir=${DEMO_CLUSTER_DIR:-.cache/cluster}
+case $dir in /*) ;; *) dir=$dir ;; esac  # absolute: KUBECONFIG and the hints below use it
 py=.venv/bin/python
 kubectl=bin/kubectl
 example=${DEMO_EXAMPLE:-manifests/examples/tiny.yaml}
@@ -24,7 +25,7 @@ die() { echo "demo: $*" >&2; exit 1; }
 
 step "Local control plane"
 $py -m tests.cluster.harness up --dir "$dir"
-export KUBECONFIG=$PWD/$dir/kubeconfig
+export KUBECONFIG=$dir/kubeconfig
 
 step "LLMService CRD (generated from the API models)"
 $kubectl apply --server-side --field-manager=llmservice-demo -f manifests/crd/llmservices.llmservice.dev.yaml
@@ -104,7 +105,7 @@ came back through the serve Service. Only the nodes and pods are simulated (KWOK
 work is done by one Ray node in a network namespace (hack/demo-ray-node.sh).
 
 Next:
-  export KUBECONFIG=$PWD/$dir/kubeconfig
+  export KUBECONFIG=$dir/kubeconfig
   $kubectl get llmsvc -w                 # watch status
   $kubectl scale llmsvc/$name --replicas=2
   make demo-down                        # stop the Ray node, the operator and the control plane
