@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 dir=${DEMO_CLUSTER_DIR:-.cache/cluster}
-case $dir in /*) ;; *) dir=$dir ;; esac  # absolute: KUBECONFIG and the hints below use it
+case $dir in /*) ;; *) dir=$PWD/$dir ;; esac  # absolute: KUBECONFIG and the hints below use it
 py=.venv/bin/python
 kubectl=bin/kubectl
 example=${DEMO_EXAMPLE:-manifests/examples/tiny.yaml}
