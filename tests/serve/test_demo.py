@@ -53,7 +53,5 @@ def test_demo_serves_a_chat_completion_and_reports_ready(tmp_path: Path) -> None
         assert done.returncode == 0, out[-4000:]
         assert "Ready=True (Serving)" in out, out[-4000:]
         assert "models: ['tiny-llama']" in out and "assistant:" in out, out[-4000:]
-        last_table = out[out.rindex("kubectl get llmsvc") :]
-        assert "Serving" in last_table, last_table
     finally:
         _teardown(cluster_dir)
