@@ -40,8 +40,14 @@ def test_namespaced_operator_with_probes_and_metrics(
             api.create_namespaced_custom_object(c.GROUP, c.VERSION, ns, c.PLURAL, llmservice(ns))
         wait_for("RayService in the watched namespace", lambda: get_rs(api, namespace, "llama"), 60)
         wait_for("liveness probe", lambda: _get(f"http://127.0.0.1:{live_port}/healthz"), 30)
-        metrics = _get(f"http://127.0.0.1:{metrics_port}/metrics")
-        assert 'llmservice_reconciles_total{result="ok"}' in metrics
+
+        # The RayService exists once the apply returned; the reconcile counts itself only after it
+        # has also written the status, so wait for the counter rather than read it once.
+        def counted() -> str | None:
+            text = _get(f"http://127.0.0.1:{metrics_port}/metrics")
+            return text if 'llmservice_reconciles_total{result="ok"}' in text else None
+
+        metrics = wait_for("reconcile counted in /metrics", counted, 30)
         assert 'llmservice_rayservice_applies_total{action="created"} 1.0' in metrics
         assert "llmservice_reconcile_seconds_bucket" in metrics
         assert get_rs(api, other, "llama") is None  # outside its namespace: not touched
