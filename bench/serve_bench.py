@@ -59,13 +59,15 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes] | None, timeout: float = 
     raise TimeoutError(f"{url} not answering within {timeout:.0f}s")
 
 
-async def _one(client: Any, res: list[tuple[float, int, list[float]]]) -> None:
+async def _one(
+    client: Any, res: list[tuple[float, int, list[float]]], model: str, prompt: str, max_tokens: int
+) -> None:
     t0 = time.perf_counter()
     first = last = None
     itl: list[float] = []
     tokens = 0
     stream = await client.completions.create(
-        model=MODEL, prompt=PROMPT, max_tokens=MAX_TOKENS, stream=True,
+        model=model, prompt=prompt, max_tokens=max_tokens, stream=True,
         stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
     )  # fmt: skip
     async for chunk in stream:
@@ -81,7 +83,17 @@ async def _one(client: Any, res: list[tuple[float, int, list[float]]]) -> None:
     res.append(((first or now) - t0, tokens, itl))
 
 
-async def _measure(base_url: str, concurrency: int, requests: int) -> dict[str, float]:
+async def measure(
+    base_url: str,
+    concurrency: int,
+    requests: int,
+    *,
+    model: str = MODEL,
+    prompt: str = PROMPT,
+    max_tokens: int = MAX_TOKENS,
+    warmup: int = 4,
+) -> dict[str, float]:
+    """Stream `requests` completions, `concurrency` at a time; throughput and latency figures."""
     from openai import AsyncOpenAI
 
     client = AsyncOpenAI(base_url=base_url, api_key="unused", timeout=600, max_retries=0)
@@ -90,9 +102,9 @@ async def _measure(base_url: str, concurrency: int, requests: int) -> dict[str, 
 
     async def worker(into: list[tuple[float, int, list[float]]]) -> None:
         async with sem:
-            await _one(client, into)
+            await _one(client, into, model, prompt, max_tokens)
 
-    await asyncio.gather(*[worker([]) for _ in range(min(concurrency, 4))])  # warm-up
+    await asyncio.gather(*[worker([]) for _ in range(min(concurrency, warmup))])
     t0 = time.perf_counter()
     await asyncio.gather(*[worker(res) for _ in range(requests)])
     elapsed = time.perf_counter() - t0
@@ -169,7 +181,7 @@ def _serve_apps(model_dir: Path, port: int) -> tuple[str, str]:
     return f"http://127.0.0.1:{port}/stock/v1", f"http://127.0.0.1:{port}/v1"
 
 
-def _plot(results: dict[str, Any], path: Path) -> bool:
+def plot(results: dict[str, Any], path: Path) -> bool:
     try:
         import matplotlib
 
@@ -210,7 +222,7 @@ def main() -> None:
         for conc in args.concurrency:
             for _ in range(args.rounds):
                 for system, url in urls.items():  # interleaved
-                    m = asyncio.run(_measure(url, conc, max(args.requests, conc * 2)))
+                    m = asyncio.run(measure(url, conc, max(args.requests, conc * 2)))
                     raw[system].setdefault(conc, []).append(m)
                     print(json.dumps({"system": system, "concurrency": conc, **m}), flush=True)
     finally:
@@ -242,7 +254,7 @@ def main() -> None:
     ]
     results = {"rounds": args.rounds, "systems": systems, "ratios": ratios}
     (RESULTS / "serve-bench.json").write_text(json.dumps(results, indent=2))
-    plotted = _plot(results, RESULTS / "serve-bench.png")
+    plotted = plot(results, RESULTS / "serve-bench.png")
     print(
         f"\n{'conc':>5} {'system':>6} {'tok/s':>8} {'TTFT p50':>9} {'TTFT p99':>9} {'ITL p50':>8}"
     )

@@ -100,13 +100,14 @@ def run(
     env: dict[str, str] | None = None,
 ) -> int:
     """Deploy, print the OpenAI base URL, serve until SIGINT/SIGTERM, clean up, return 0."""
+    # The rendered container env reaches the Ray pods in a cluster; here the local Ray
+    # processes inherit it from this one. Before importing Ray: Ray Serve reads its switches
+    # at import time.
+    os.environ.update(env or {})
     import ray
     from ray import serve
 
     app = local_app(serve_config_text, model_source)
-    # spec.env reaches the Ray containers in the cluster; here the local Ray processes
-    # inherit it from this one.
-    os.environ.update(env or {})
     port = port or _free_port()
     # SIGTERM as SIGINT: both end the wait (or an unfinished deploy) through the cleanup below.
     signal.signal(signal.SIGTERM, _interrupt)

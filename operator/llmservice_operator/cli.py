@@ -143,6 +143,14 @@ def cmd_operator(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _plain_env(rayservice: dict[str, Any]) -> dict[str, str]:
+    """The literal env vars of the RayService's worker containers (the head's when CPU-less)."""
+    cluster = rayservice["spec"]["rayClusterConfig"]
+    groups = cluster.get("workerGroupSpecs") or [cluster["headGroupSpec"]]
+    container = groups[0]["template"]["spec"]["containers"][0]
+    return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     """Serve one LLMService's rendered Serve config on a local Ray until Ctrl-C."""
     services = _load_services(args.file)
@@ -156,7 +164,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         model_source=args.model_source,
-        env={e.name: e.value for e in services[0].spec.env},
+        # What the Ray containers would get (spec.env plus the GPU defaults); values taken
+        # from Secrets stay out: here they come from the user's own environment.
+        env=_plain_env(rayservice),
     )
 
 

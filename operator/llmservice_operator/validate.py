@@ -102,11 +102,12 @@ def _check_scale(spec: LLMServiceSpec) -> Iterator[FieldError]:
             "spec.autoscaling.minReplicas",
             f"minReplicas ({auto.min_replicas}) must be <= maxReplicas ({auto.max_replicas})",
         )
-    if auto.target_ongoing_requests > spec.max_ongoing_requests:
+    limit = spec.ongoing_requests_limit()
+    if auto.target_ongoing_requests > limit:
         yield FieldError(
             "spec.autoscaling.targetOngoingRequests",
             f"{auto.target_ongoing_requests:g} exceeds maxOngoingRequests "
-            f"({spec.max_ongoing_requests}): replicas could never reach the target",
+            f"({limit}): replicas could never reach the target",
         )
 
 

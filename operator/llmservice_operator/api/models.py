@@ -13,6 +13,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+# maxOngoingRequests when neither it nor engine.maxNumSeqs is set: vLLM's max_num_seqs on most
+# GPUs. Ray Serve LLM's own default is unbounded; ours keeps Serve's load balancing meaningful.
+DEFAULT_MAX_ONGOING_REQUESTS = 256
+
 
 class _Model(BaseModel):
     """Base: camelCase on the wire, unknown fields are errors (never silently dropped)."""
@@ -319,8 +323,16 @@ class LLMServiceSpec(_Model):
     autoscaling: AutoscalingSpec | None = Field(
         default=None, description="Autoscale replicas between bounds instead of a fixed count."
     )
-    max_ongoing_requests: int = Field(
-        default=64, ge=1, le=100_000, description="Requests one replica accepts at once."
+    max_ongoing_requests: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000,
+        description=(
+            "Requests one replica accepts at once. Default: engine.maxNumSeqs, or "
+            f"{DEFAULT_MAX_ONGOING_REQUESTS} when that is unset, so Ray Serve never holds back "
+            "a request the engine could batch (a lower cap queues requests in front of an idle "
+            "batch slot)."
+        ),
     )
     gpu: GPUProfile | None = Field(
         default=None,
@@ -356,6 +368,12 @@ class LLMServiceSpec(_Model):
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
     rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="How changes roll out.")
+
+    def ongoing_requests_limit(self) -> int:
+        """maxOngoingRequests as rendered: the explicit value, else the engine's batch size."""
+        if self.max_ongoing_requests is not None:
+            return self.max_ongoing_requests
+        return self.engine.max_num_seqs or DEFAULT_MAX_ONGOING_REQUESTS
 
 
 # --- status ----------------------------------------------------------------

@@ -18,6 +18,7 @@ from llmservice_operator import constants as c
 from llmservice_operator.api.models import LLMService, LLMServiceSpec, RolloutStrategy
 from llmservice_operator.plan import Plan, WorkerGroupPlan, plan
 from serve_app.args import AutoscalingArgs, DeploymentArgs, LLMAppArgs
+from serve_app.tuning import GPU_SERVE_ENV
 
 # Ray release the defaults target; images carry Python 3.11 like this package.
 DEFAULT_RAY_VERSION = "2.60.0"
@@ -79,7 +80,7 @@ def app_args(svc: LLMService, p: Plan) -> LLMAppArgs:
         deployment=DeploymentArgs(
             num_replicas=p.replicas,
             autoscaling=autoscaling,
-            max_ongoing_requests=spec.max_ongoing_requests,
+            max_ongoing_requests=spec.ongoing_requests_limit(),
         ),
     )
 
@@ -133,6 +134,11 @@ def _resources(cpu: str, memory: str, gpus: int = 0, gpu_resource: str = "") -> 
 
 def _env(svc: LLMService) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [{"name": e.name, "value": e.value} for e in svc.spec.env]
+    if svc.spec.gpu is not None:
+        # Ray Serve's fast path on GPUs (serve_app/tuning.py); a spec.env entry of the same
+        # name wins, so a user can switch any of them off.
+        own = {e.name for e in svc.spec.env}
+        env += [{"name": k, "value": v} for k, v in GPU_SERVE_ENV.items() if k not in own]
     ref = svc.spec.model.hf_token_secret_ref
     if ref is not None:
         secret = {"secretKeyRef": {"name": ref.name, "key": ref.key}}

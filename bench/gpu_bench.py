@@ -1,0 +1,353 @@
+"""Serving benchmark on one GPU: vLLM's server, stock ray.serve.llm and our serve_app side by side.
+
+Runs on a machine with a GPU, vLLM and Ray (see docs/performance.md for the recipe used on an
+H100 through the device tool). Three steps, so a long start-up and the measurement can be
+separate calls on one warm machine:
+
+    python -m bench.gpu_bench up --model-dir /tmp/l8b         # start (a), (b), (c); wait ready
+    python -m bench.gpu_bench measure --rounds 2 --out F.jsonl # interleaved rounds, JSON lines
+    python -m bench.gpu_bench report F.jsonl                   # medians, ratios, table, PNG
+    python -m bench.gpu_bench down
+
+(a) ``vllm serve`` (vLLM's OpenAI server), (b) stock ``ray.serve.llm.build_openai_app`` on its own
+Ray cluster with Ray's defaults, (c) our serve_app from the renderer's serveConfigV2 for a GPU
+LLMService, on its own Ray cluster whose environment is the rendered pods' (serve_app/tuning.py).
+Same model directory, same engine settings, same client. All three stay resident on the one GPU
+(each gets the same slice of its memory) so rounds can interleave a, b, c, a, b, c without
+restarts; they are started one after another because vLLM sizes its KV cache from a memory
+profile that another process's start-up would disturb.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+STATE = Path(os.environ.get("GPU_BENCH_STATE", "/tmp/llmsvc-gpubench"))
+MODEL = "l8b"
+# 128 prompt words of the Llama-3.1-8B-shaped test tokenizer (one token each), 128 streamed tokens.
+PROMPT = " ".join(f"t{1000 + (i * 7919) % 90000}" for i in range(128))
+MAX_TOKENS = 128
+LOAD = [(1, 16), (32, 128), (128, 384)]  # (concurrency, requests)
+MAX_NUM_SEQS = 256
+MAX_MODEL_LEN = 2048
+GPU_MEMORY_UTILIZATION = 0.3  # three engines share one GPU
+ENGINE = {
+    "max_num_seqs": MAX_NUM_SEQS,
+    "max_model_len": MAX_MODEL_LEN,
+    "gpu_memory_utilization": GPU_MEMORY_UTILIZATION,
+    "load_format": "dummy",  # random weights: no checkpoint to download
+}
+PORTS = {"vllm": 8100, "stock": 8200, "ours": 8300}
+RAY_PORT_BASE = {"stock": 21000, "ours": 22000}
+ACCELERATOR = os.environ.get("GPU_BENCH_ACCELERATOR", "H100")
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _get(url: str, timeout: float = 5) -> str:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=timeout) as resp:
+        body: bytes = resp.read()
+        return body.decode()
+
+
+def _tail(path: Path, n: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return f"(no {path})"
+
+
+def _wait_models(url: str, alive: Any, log: Path, timeout: float = 900) -> None:
+    """Until GET {url}/models lists the model; stop at once if the server died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive():
+            raise RuntimeError(f"server for {url} died; log tail:\n{_tail(log)}")
+        try:
+            if MODEL in _get(f"{url}/models"):
+                return
+        except OSError:
+            pass
+        time.sleep(2)
+    raise TimeoutError(f"{url} not serving {MODEL} within {timeout:.0f}s; log:\n{_tail(log)}")
+
+
+def _spawn(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    out = log.open("ab")
+    return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True)  # fmt: skip
+
+
+def _base_env() -> dict[str, str]:
+    path = [str(ROOT), str(ROOT / "operator"), os.environ.get("PYTHONPATH", "")]
+    return {**os.environ, "PYTHONPATH": ":".join(p for p in path if p), "HF_HUB_OFFLINE": "1"}
+
+
+def _our_llmservice(model_dir: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "llmservice.dev/v1alpha1",
+        "kind": "LLMService",
+        "metadata": {"name": "bench", "namespace": "bench"},
+        "spec": {
+            "model": {"source": model_dir, "servedModelName": MODEL},
+            "engine": {
+                "maxNumSeqs": MAX_NUM_SEQS,
+                "maxModelLen": MAX_MODEL_LEN,
+                "gpuMemoryUtilization": GPU_MEMORY_UTILIZATION,
+                "extraArgs": {"load_format": "dummy"},
+            },
+            "replicas": 1,
+            "gpu": {"acceleratorType": ACCELERATOR, "gpusPerNode": 1},
+        },
+    }
+
+
+def rendered_ours(model_dir: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """Our app's args and the Ray containers' env, exactly as the renderer writes them."""
+    from llmservice_operator.cli import _plain_env
+    from llmservice_operator.render import render_rayservice
+    from llmservice_operator.validate import parse
+    from serve_app.local import local_app
+
+    rayservice = render_rayservice(parse(_our_llmservice(model_dir)))
+    app = local_app(rayservice["spec"]["serveConfigV2"])
+    return app.args, _plain_env(rayservice)
+
+
+def _ray_start(system: str, env: dict[str, str]) -> str:
+    base = RAY_PORT_BASE[system]
+    temp = f"/tmp/rb-{system}"
+    args = [
+        "ray", "start", "--head", "--disable-usage-stats", "--include-dashboard=false",
+        "--node-ip-address=127.0.0.1", f"--temp-dir={temp}", "--num-gpus=1", "--num-cpus=12",
+        f"--port={base}", f"--node-manager-port={base + 1}", f"--object-manager-port={base + 2}",
+        f"--runtime-env-agent-port={base + 3}", f"--dashboard-agent-grpc-port={base + 4}",
+        f"--dashboard-agent-listen-port={base + 5}", f"--metrics-export-port={base + 6}",
+        f"--ray-client-server-port={base + 7}", f"--min-worker-port={base + 100}",
+        f"--max-worker-port={base + 999}",
+    ]  # fmt: skip
+    log = STATE / f"ray-start-{system}.log"
+    done = subprocess.run(args, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        raise RuntimeError(f"ray start ({system}) failed:\n{_tail(log)}")
+    return f"127.0.0.1:{base}"
+
+
+def deploy(system: str, address: str, port: int, model_dir: str) -> None:
+    """In a fresh process (Ray Serve LLM reads its switches at import): build and run one app."""
+    import ray
+    from ray import serve
+
+    ray.init(address=address, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    if system == "stock":
+        from ray.serve.llm import LLMConfig, build_openai_app
+
+        app = build_openai_app(
+            {
+                "llm_configs": [
+                    LLMConfig(
+                        model_loading_config={"model_id": MODEL, "model_source": model_dir},
+                        accelerator_type=ACCELERATOR,
+                        engine_kwargs=ENGINE,
+                        deployment_config={"num_replicas": 1},
+                    )
+                ]
+            }
+        )
+    else:
+        from serve_app.app import build
+        from serve_app.args import LLMAppArgs
+
+        args, _ = rendered_ours(model_dir)
+        app = build(LLMAppArgs.model_validate(args))
+    serve.run(app, name="llm", route_prefix="/", blocking=False)
+    ray.shutdown()  # Serve apps are detached: they outlive this driver
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False
+
+
+def _ray_alive(system: str) -> bool:
+    """The Ray cluster's GCS still runs (its raylet dies with it when a start fails)."""
+    done = subprocess.run(["pgrep", "-f", f"gcs_server.*{RAY_PORT_BASE[system]}"],
+                          capture_output=True)  # fmt: skip
+    return done.returncode == 0
+
+
+def up(model_dir: str, only: list[str]) -> None:
+    STATE.mkdir(parents=True, exist_ok=True)
+    state = _state()
+    env = _base_env()
+    for system in only:
+        t0 = time.monotonic()
+        url = f"http://127.0.0.1:{PORTS[system]}/v1"
+        log = STATE / f"{system}.log"
+        if system == "vllm":
+            args = [
+                sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir,
+                "--served-model-name", MODEL, "--host", "127.0.0.1", "--port", str(PORTS[system]),
+                "--max-num-seqs", str(MAX_NUM_SEQS), "--max-model-len", str(MAX_MODEL_LEN),
+                "--gpu-memory-utilization", str(GPU_MEMORY_UTILIZATION), "--load-format", "dummy",
+            ]  # fmt: skip
+            proc = _spawn(args, log, env)
+            state["vllm"] = {"url": url, "pid": proc.pid}
+            _wait_models(url, lambda p=proc: p.poll() is None, log)
+        else:
+            sys_env = dict(env)
+            if system == "ours":
+                _, pod_env = rendered_ours(model_dir)
+                sys_env.update(pod_env)
+                state["ours_env"] = pod_env
+            address = _ray_start(system, sys_env)
+            drv = _spawn(
+                [sys.executable, "-m", "bench.gpu_bench", "deploy", system, address,
+                 str(PORTS[system]), model_dir],
+                log, sys_env,
+            )  # fmt: skip
+            state[system] = {"url": url, "address": address}
+            # Alive while its Ray runs and the driver has not failed (it exits 0 when deployed).
+            _wait_models(url, lambda s=system, d=drv: _ray_alive(s) and d.poll() in (None, 0), log)
+            drv.wait(timeout=60)
+        _log(f"{system} serving at {url} after {time.monotonic() - t0:.0f}s")
+        (STATE / "state.json").write_text(json.dumps(state, indent=2))
+
+
+def _state() -> dict[str, Any]:
+    path = STATE / "state.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def down() -> None:
+    state = _state()
+    if "vllm" in state and _alive(state["vllm"]["pid"]):
+        os.killpg(state["vllm"]["pid"], signal.SIGTERM)
+    subprocess.run(["ray", "stop", "--force"], capture_output=True)  # both benchmark clusters
+    (STATE / "state.json").unlink(missing_ok=True)
+
+
+def measure_all(rounds: int, out: Path, systems: list[str]) -> None:
+    from bench.serve_bench import measure
+
+    state = json.loads((STATE / "state.json").read_text())
+    with out.open("a") as f:
+        for conc, requests in LOAD:
+            for r in range(rounds):
+                # Interleaved, and the order rotates per round: no system always goes first.
+                order = systems[r % len(systems) :] + systems[: r % len(systems)]
+                for system in order:
+                    m = asyncio.run(
+                        measure(state[system]["url"], conc, requests, model=MODEL, prompt=PROMPT,
+                                max_tokens=MAX_TOKENS, warmup=8)
+                    )  # fmt: skip
+                    row = {"system": system, "concurrency": conc, "round": r, **m}
+                    f.write(json.dumps(row) + "\n")
+                    f.flush()
+                    print(json.dumps(row), flush=True)
+
+
+def report(paths: list[Path], out_dir: Path) -> dict[str, Any]:
+    from bench.serve_bench import plot
+
+    raw: dict[str, dict[int, list[dict[str, float]]]] = {}
+    for path in paths:
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            by_conc = raw.setdefault(row.pop("system"), {})
+            by_conc.setdefault(row.pop("concurrency"), []).append(row)
+    keys = ("out_tok_s", "ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms")
+    systems = {
+        s: [
+            {"concurrency": c, "runs": len(ms)}
+            | {k: statistics.median(m[k] for m in ms) for k in keys}
+            for c, ms in sorted(by_conc.items())
+        ]
+        for s, by_conc in raw.items()
+    }
+    ratios = []
+    if {"vllm", "stock", "ours"} <= systems.keys():
+        for o, v, s in zip(systems["ours"], systems["vllm"], systems["stock"], strict=True):
+            ratios.append({
+                "concurrency": o["concurrency"],
+                "ours_vs_vllm_tok_s": round(o["out_tok_s"] / v["out_tok_s"], 3),
+                "ours_vs_stock_tok_s": round(o["out_tok_s"] / s["out_tok_s"], 3),
+                "stock_vs_vllm_tok_s": round(s["out_tok_s"] / v["out_tok_s"], 3),
+                "ours_minus_vllm_ttft_p50_ms": round(o["ttft_p50_ms"] - v["ttft_p50_ms"], 1),
+            })  # fmt: skip
+    results = {"systems": systems, "ratios": ratios}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "gpu-bench.json").write_text(json.dumps(results, indent=2))
+    plot(results, out_dir / "gpu-bench.png")
+    print("| conc | system | out tok/s | TTFT p50 | TTFT p99 | ITL p50 |")
+    print("|---:|---|---:|---:|---:|---:|")
+    for c in sorted({r["concurrency"] for rows in systems.values() for r in rows}):
+        for s, rows in systems.items():
+            for r in rows:
+                if r["concurrency"] == c:
+                    print(f"| {c} | {s} | {r['out_tok_s']:,.0f} | {r['ttft_p50_ms']:.1f} ms | "
+                          f"{r['ttft_p99_ms']:.1f} ms | {r['itl_p50_ms']:.2f} ms |")  # fmt: skip
+    for r in ratios:
+        print(
+            f"conc {r['concurrency']}: ours/vllm {r['ours_vs_vllm_tok_s']:.3f}x, ours/stock "
+            f"{r['ours_vs_stock_tok_s']:.3f}x, stock/vllm {r['stock_vs_vllm_tok_s']:.3f}x, "
+            f"TTFT p50 ours-vllm {r['ours_minus_vllm_ttft_p50_ms']:+.1f} ms"
+        )
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("up")
+    p.add_argument("--model-dir", default="/tmp/l8b")
+    p.add_argument("--only", nargs="+", default=["vllm", "stock", "ours"])
+    p = sub.add_parser("deploy")
+    p.add_argument("system", choices=["stock", "ours"])
+    p.add_argument("address")
+    p.add_argument("port", type=int)
+    p.add_argument("model_dir")
+    p = sub.add_parser("measure")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--systems", nargs="+", default=["vllm", "stock", "ours"])
+    p = sub.add_parser("report")
+    p.add_argument("jsonl", type=Path, nargs="+")
+    p.add_argument("--out-dir", type=Path, default=ROOT / "results")
+    sub.add_parser("down")
+    a = parser.parse_args()
+    if a.cmd == "up":
+        up(a.model_dir, a.only)
+    elif a.cmd == "deploy":
+        deploy(a.system, a.address, a.port, a.model_dir)
+    elif a.cmd == "measure":
+        measure_all(a.rounds, a.out, a.systems)
+    elif a.cmd == "report":
+        report(a.jsonl, a.out_dir)
+    else:
+        down()
+
+
+if __name__ == "__main__":
+    main()
