@@ -118,6 +118,18 @@ bench-serve: model ## vLLM server vs stock ray.serve.llm vs our serve_app on CPU
 	@$(PY) -c "import matplotlib" 2>/dev/null || $(PY) -m pip install -q "matplotlib>=3.8"
 	$(PY) -m bench.serve_bench
 
+# The GPU machine's own Python with vLLM and Ray (not this repo's CPU virtualenv).
+GPU_PY ?= python3
+GPU_MODEL_DIR ?= /tmp/l8b
+GPU_BENCH = PYTHONPATH=.:operator:$$PYTHONPATH $(GPU_PY) -m bench.gpu_bench
+
+.PHONY: bench-serve-gpu
+bench-serve-gpu: ## The same three side by side on one GPU, Llama-3.1-8B shape (docs/performance.md)
+	$(GPU_BENCH) up --model-dir $(GPU_MODEL_DIR)
+	$(GPU_BENCH) measure --rounds 2 --out results/gpu-bench.jsonl
+	$(GPU_BENCH) report results/gpu-bench.jsonl
+	$(GPU_BENCH) down
+
 .PHONY: bench-operator
 bench-operator: venv tools ## 1,000 LLMServices at once against the operator (local control plane)
 	$(PY) -m bench.operator_bench -n 1000

@@ -1,21 +1,22 @@
 """Serving benchmark on one GPU: vLLM's server, stock ray.serve.llm and our serve_app side by side.
 
-Runs on a machine with a GPU, vLLM and Ray (see docs/performance.md for the recipe used on an
-H100 through the device tool). Three steps, so a long start-up and the measurement can be
-separate calls on one warm machine:
+Runs on a machine with a GPU, vLLM and Ray (`make bench-serve-gpu`; docs/performance.md has the
+results and the recipe used on an H100 through the device tool). Separate steps, so that several
+minutes of start-up and the measurement fit a remote machine's per-command limit:
 
     python -m bench.gpu_bench up --model-dir /tmp/l8b         # start (a), (b), (c); wait ready
     python -m bench.gpu_bench measure --rounds 2 --out F.jsonl # interleaved rounds, JSON lines
     python -m bench.gpu_bench report F.jsonl                   # medians, ratios, table, PNG
     python -m bench.gpu_bench down
 
-(a) ``vllm serve`` (vLLM's OpenAI server), (b) stock ``ray.serve.llm.build_openai_app`` on its own
-Ray cluster with Ray's defaults, (c) our serve_app from the renderer's serveConfigV2 for a GPU
-LLMService, on its own Ray cluster whose environment is the rendered pods' (serve_app/tuning.py).
-Same model directory, same engine settings, same client. All three stay resident on the one GPU
-(each gets the same slice of its memory) so rounds can interleave a, b, c, a, b, c without
-restarts; they are started one after another because vLLM sizes its KV cache from a memory
-profile that another process's start-up would disturb.
+(a) vLLM's OpenAI server, (b) stock ``ray.serve.llm.build_openai_app`` on its own Ray cluster with
+Ray's defaults, (c) our serve_app from the renderer's serveConfigV2 for a GPU LLMService, on its
+own Ray cluster whose environment is the rendered pods' (serve_app/tuning.py). Same model
+directory, same engine settings, same client. All three stay resident on the one GPU (each gets
+the same slice of its memory), so rounds interleave without restarts; they start one after
+another because vLLM sizes its KV cache from a memory profile that another process's start-up
+would disturb. Ray clusters and the vLLM server run in their own sessions: they outlive the
+command that started them.
 """
 
 from __future__ import annotations
@@ -65,6 +66,16 @@ def _get(url: str, timeout: float = 5) -> str:
         return body.decode()
 
 
+def _complete(url: str) -> None:
+    body = json.dumps({"model": MODEL, "prompt": "t1 t2", "max_tokens": 1}).encode()
+    req = urllib.request.Request(
+        f"{url}/completions", data=body, headers={"Content-Type": "application/json"}
+    )
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(req, timeout=30) as resp:
+        resp.read()
+
+
 def _tail(path: Path, n: int = 40) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
@@ -78,9 +89,9 @@ def _wait_models(url: str, alive: Any, log: Path, timeout: float = 900) -> None:
     while time.monotonic() < deadline:
         if not alive():
             raise RuntimeError(f"server for {url} died; log tail:\n{_tail(log)}")
-        try:
-            if MODEL in _get(f"{url}/models"):
-                return
+        try:  # a real completion: an OpenAI router can list models before its engine is up
+            _complete(url)
+            return
         except OSError:
             pass
         time.sleep(2)
@@ -142,7 +153,10 @@ def _ray_start(system: str, env: dict[str, str]) -> str:
         f"--max-worker-port={base + 999}",
     ]  # fmt: skip
     log = STATE / f"ray-start-{system}.log"
-    done = subprocess.run(args, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    # Own session: Ray's daemons then outlive the shell that started them (as the vLLM server).
+    done = subprocess.run(
+        args, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True
+    )
     if done.returncode != 0:
         raise RuntimeError(f"ray start ({system}) failed:\n{_tail(log)}")
     return f"127.0.0.1:{base}"
@@ -175,6 +189,8 @@ def deploy(system: str, address: str, port: int, model_dir: str) -> None:
         from serve_app.args import LLMAppArgs
 
         args, _ = rendered_ours(model_dir)
+        if "GPU_BENCH_BATCHING_MS" in os.environ:  # experiments: another streaming window
+            args["stream_batching_interval_ms"] = float(os.environ["GPU_BENCH_BATCHING_MS"])
         app = build(LLMAppArgs.model_validate(args))
     serve.run(app, name="llm", route_prefix="/", blocking=False)
     ray.shutdown()  # Serve apps are detached: they outlive this driver
@@ -219,16 +235,22 @@ def up(model_dir: str, only: list[str]) -> None:
                 _, pod_env = rendered_ours(model_dir)
                 sys_env.update(pod_env)
                 state["ours_env"] = pod_env
-            address = _ray_start(system, sys_env)
-            drv = _spawn(
-                [sys.executable, "-m", "bench.gpu_bench", "deploy", system, address,
-                 str(PORTS[system]), model_dir],
-                log, sys_env,
-            )  # fmt: skip
+            address = f"127.0.0.1:{RAY_PORT_BASE[system]}"
+            drv = None
+            if not _ray_alive(system):  # else: started by an earlier call, still coming up
+                _ray_start(system, sys_env)
+                drv = _spawn(
+                    [sys.executable, "-m", "bench.gpu_bench", "deploy", system, address,
+                     str(PORTS[system]), model_dir],
+                    log, sys_env,
+                )  # fmt: skip
             state[system] = {"url": url, "address": address}
-            # Alive while its Ray runs and the driver has not failed (it exits 0 when deployed).
-            _wait_models(url, lambda s=system, d=drv: _ray_alive(s) and d.poll() in (None, 0), log)
-            drv.wait(timeout=60)
+            # Alive while its Ray runs and the driver has not failed.
+            _wait_models(
+                url,
+                lambda s=system, d=drv: _ray_alive(s) and (d is None or d.poll() in (None, 0)),
+                log,
+            )
         _log(f"{system} serving at {url} after {time.monotonic() - t0:.0f}s")
         (STATE / "state.json").write_text(json.dumps(state, indent=2))
 
@@ -236,6 +258,15 @@ def up(model_dir: str, only: list[str]) -> None:
 def _state() -> dict[str, Any]:
     path = STATE / "state.json"
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def stop_ray() -> None:
+    """Stop every Ray process on this machine (vLLM's own server does not use Ray)."""
+    subprocess.run(["ray", "stop", "--force"], capture_output=True)
+    state = _state()
+    for system in RAY_PORT_BASE:
+        state.pop(system, None)
+    (STATE / "state.json").write_text(json.dumps(state, indent=2))
 
 
 def down() -> None:
@@ -260,7 +291,8 @@ def measure_all(rounds: int, out: Path, systems: list[str]) -> None:
                         measure(state[system]["url"], conc, requests, model=MODEL, prompt=PROMPT,
                                 max_tokens=MAX_TOKENS, warmup=8)
                     )  # fmt: skip
-                    row = {"system": system, "concurrency": conc, "round": r, **m}
+                    tag = os.environ.get("GPU_BENCH_TAG", "") if system == "ours" else ""
+                    row = {"system": system + tag, "concurrency": conc, "round": r, **m}
                     f.write(json.dumps(row) + "\n")
                     f.flush()
                     print(json.dumps(row), flush=True)
@@ -335,6 +367,7 @@ def main() -> None:
     p = sub.add_parser("report")
     p.add_argument("jsonl", type=Path, nargs="+")
     p.add_argument("--out-dir", type=Path, default=ROOT / "results")
+    sub.add_parser("stop-ray")
     sub.add_parser("down")
     a = parser.parse_args()
     if a.cmd == "up":
@@ -345,6 +378,8 @@ def main() -> None:
         measure_all(a.rounds, a.out, a.systems)
     elif a.cmd == "report":
         report(a.jsonl, a.out_dir)
+    elif a.cmd == "stop-ray":
+        stop_ray()
     else:
         down()
 

@@ -47,6 +47,10 @@ def llm_config_kwargs(args: LLMAppArgs) -> dict[str, Any]:
     }
     if args.accelerator_type:
         kwargs["accelerator_type"] = args.accelerator_type
+    if args.stream_batching_interval_ms is not None:
+        kwargs["experimental_configs"] = {
+            "stream_batching_interval_ms": args.stream_batching_interval_ms
+        }
     return kwargs
 
 

@@ -52,3 +52,8 @@ class LLMAppArgs(_Args):
         min_length=1, description="Ray placement group bundles of one replica (one per rank)."
     )
     deployment: DeploymentArgs = Field(description="Ray Serve deployment settings.")
+    stream_batching_interval_ms: float | None = Field(
+        default=None,
+        ge=0,
+        description="Window in which Ray Serve LLM batches streamed tokens (None: Ray's default).",
+    )

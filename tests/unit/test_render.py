@@ -102,3 +102,46 @@ def test_blue_green_puts_version_into_the_cluster_spec_in_place_does_not() -> No
 
     assert cluster_changes(bg) is True
     assert cluster_changes(ip) is False
+
+
+def _containers(rs: dict[str, Any]) -> list[dict[str, Any]]:
+    cluster = rs["spec"]["rayClusterConfig"]
+    pods = [cluster["headGroupSpec"]] + cluster["workerGroupSpecs"]
+    return [c for p in pods for c in p["template"]["spec"]["containers"]]
+
+
+def test_gpu_services_get_the_serve_fast_path_and_cpu_services_do_not() -> None:
+    from serve_app.tuning import GPU_SERVE_ENV
+
+    gpu = _render(EXAMPLES["llama-8b-l4"])
+    for container in _containers(gpu):
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert {k: env.get(k) for k in GPU_SERVE_ENV} == GPU_SERVE_ENV
+    assert _app_args(gpu).stream_batching_interval_ms == 0.0
+    cpu = _render(EXAMPLES["tiny"])
+    for container in _containers(cpu):
+        assert not {e["name"] for e in container["env"]} & GPU_SERVE_ENV.keys()
+    assert _app_args(cpu).stream_batching_interval_ms is None  # Ray's own default on CPU
+
+
+def test_user_env_and_spec_override_the_gpu_defaults() -> None:
+    obj = copy.deepcopy(EXAMPLES["llama-8b-l4"])
+    obj["spec"]["env"] = [{"name": "RAY_SERVE_THROUGHPUT_OPTIMIZED", "value": "0"}]
+    obj["spec"]["streamBatchingIntervalMs"] = 25
+    rs = _render(obj)
+    for container in _containers(rs):
+        values = [
+            e["value"] for e in container["env"] if e["name"] == "RAY_SERVE_THROUGHPUT_OPTIMIZED"
+        ]
+        assert values == ["0"]  # the user's, once
+    assert _app_args(rs).stream_batching_interval_ms == 25.0
+
+
+def test_max_ongoing_requests_follows_the_engine_batch_unless_set() -> None:
+    obj = copy.deepcopy(EXAMPLES["llama-8b-l4"])
+    obj["spec"].pop("maxOngoingRequests", None)
+    assert _app_args(_render(obj)).deployment.max_ongoing_requests == 256
+    obj["spec"]["engine"]["maxNumSeqs"] = 512
+    assert _app_args(_render(obj)).deployment.max_ongoing_requests == 512
+    obj["spec"]["maxOngoingRequests"] = 100
+    assert _app_args(_render(obj)).deployment.max_ongoing_requests == 100

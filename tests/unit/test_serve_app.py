@@ -42,3 +42,9 @@ def test_autoscaling_and_local_sources() -> None:
         "model_id": "tiny-llama",
         "model_source": "/models/tiny-llama",
     }
+
+
+def test_stream_batching_window_reaches_ray_only_when_set() -> None:
+    gpu = llm_config_kwargs(_args("llama-8b-l4"))
+    assert gpu["experimental_configs"] == {"stream_batching_interval_ms": 0.0}
+    assert "experimental_configs" not in llm_config_kwargs(_args("tiny"))

@@ -334,6 +334,17 @@ class LLMServiceSpec(_Model):
             "batch slot)."
         ),
     )
+    stream_batching_interval_ms: int | None = Field(
+        default=None,
+        ge=0,
+        le=1000,
+        description=(
+            "Window in which Ray Serve LLM batches a response's streamed tokens. Default: 0 on "
+            "GPUs (each token as it comes: lowest time-to-first-token), Ray's own 50 on CPU. "
+            "A longer window trades time-to-first-token for throughput at high concurrency "
+            "(docs/performance.md)."
+        ),
+    )
     gpu: GPUProfile | None = Field(
         default=None,
         description=(

@@ -18,7 +18,7 @@ from llmservice_operator import constants as c
 from llmservice_operator.api.models import LLMService, LLMServiceSpec, RolloutStrategy
 from llmservice_operator.plan import Plan, WorkerGroupPlan, plan
 from serve_app.args import AutoscalingArgs, DeploymentArgs, LLMAppArgs
-from serve_app.tuning import GPU_SERVE_ENV
+from serve_app.tuning import GPU_SERVE_ENV, GPU_STREAM_BATCHING_INTERVAL_MS
 
 # Ray release the defaults target; images carry Python 3.11 like this package.
 DEFAULT_RAY_VERSION = "2.60.0"
@@ -60,6 +60,12 @@ def _engine_kwargs(spec: LLMServiceSpec) -> dict[str, Any]:
     return {**typed, **eng.extra_args}
 
 
+def _stream_batching_interval_ms(spec: LLMServiceSpec) -> float | None:
+    if spec.stream_batching_interval_ms is not None:
+        return float(spec.stream_batching_interval_ms)
+    return GPU_STREAM_BATCHING_INTERVAL_MS if spec.gpu is not None else None  # CPU: Ray's
+
+
 def app_args(svc: LLMService, p: Plan) -> LLMAppArgs:
     spec = svc.spec
     autoscaling = None
@@ -82,6 +88,7 @@ def app_args(svc: LLMService, p: Plan) -> LLMAppArgs:
             autoscaling=autoscaling,
             max_ongoing_requests=spec.ongoing_requests_limit(),
         ),
+        stream_batching_interval_ms=_stream_batching_interval_ms(spec),
     )
 
 
