@@ -23,7 +23,7 @@ from kubernetes.client.exceptions import ApiException
 
 from llmservice_operator import constants as c
 from tests.cluster.harness import REPO_ROOT, LocalCluster, wait_for
-from tests.cluster.test_operator import llmservice
+from tests.cluster.objects import llmservice
 
 pytestmark = pytest.mark.cluster
 

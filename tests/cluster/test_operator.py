@@ -8,27 +8,33 @@ covered by the serve tests and `make demo`.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 from llmservice_operator import constants as c
 from tests.cluster.harness import LocalCluster, wait_for
+from tests.cluster.objects import (
+    RAY,
+    WAIT_S,
+    condition,
+    get_rs,
+    get_svc,
+    llmservice,
+    patch_spec,
+    serve_args,
+    wait_rs,
+    worker_group,
+)
 from tests.cluster.operator_process import (
     TIMER_INTERVAL_S,
     OperatorProcess,
     running_operator,
 )
-from tests.unit.examples import example_services
 
 pytestmark = pytest.mark.cluster
-RAY = ("ray.io", "v1")
-WAIT_S = 60.0
 
 
 @pytest.fixture(scope="module")
@@ -40,61 +46,6 @@ def operator(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator[
 @pytest.fixture
 def api(cluster: LocalCluster) -> client.CustomObjectsApi:
     return client.CustomObjectsApi(cluster.api_client)
-
-
-def llmservice(namespace: str, name: str = "llama", **spec: Any) -> dict[str, Any]:
-    obj = copy.deepcopy(example_services()["llama-8b-l4"])
-    obj["metadata"] = {"name": name, "namespace": namespace}
-    obj["spec"].update(spec)
-    obj["spec"] = {k: v for k, v in obj["spec"].items() if v is not None}  # None: drop the key
-    return obj
-
-
-def get_svc(api: client.CustomObjectsApi, ns: str, name: str) -> dict[str, Any]:
-    obj: dict[str, Any] = api.get_namespaced_custom_object(c.GROUP, c.VERSION, ns, c.PLURAL, name)
-    return obj
-
-
-def get_rs(api: client.CustomObjectsApi, ns: str, name: str) -> dict[str, Any] | None:
-    try:
-        obj: dict[str, Any] = api.get_namespaced_custom_object(*RAY, ns, "rayservices", name)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
-    return obj
-
-
-def serve_args(rs: dict[str, Any]) -> dict[str, Any]:
-    args: dict[str, Any] = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]["args"]
-    return args
-
-
-def worker_group(rs: dict[str, Any]) -> dict[str, Any]:
-    group: dict[str, Any] = rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
-    return group
-
-
-def patch_spec(api: client.CustomObjectsApi, ns: str, name: str, spec: dict[str, Any]) -> None:
-    api.patch_namespaced_custom_object(
-        c.GROUP, c.VERSION, ns, c.PLURAL, name, {"spec": spec},
-        _content_type="application/merge-patch+json",
-    )  # fmt: skip
-
-
-def wait_rs(
-    api: client.CustomObjectsApi, ns: str, name: str, check: Any, what: str
-) -> dict[str, Any]:
-    return wait_for(
-        what, lambda: (rs := get_rs(api, ns, name)) is not None and check(rs) and rs, WAIT_S
-    )
-
-
-def condition(svc: dict[str, Any], ctype: str) -> dict[str, Any]:
-    for cond in (svc.get("status") or {}).get("conditions") or []:
-        if cond["type"] == ctype:
-            return dict(cond)
-    return {}
 
 
 def test_create_schedules_on_the_gpu_pool_and_reports_truthfully(

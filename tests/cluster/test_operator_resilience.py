@@ -15,12 +15,12 @@ from llmservice_operator import constants as c
 from llmservice_operator.render import spec_hash
 from llmservice_operator.validate import parse
 from tests.cluster.harness import LocalCluster, wait_for
+from tests.cluster.objects import RAY, get_rs, llmservice, worker_group
 from tests.cluster.operator_process import (
     TIMER_INTERVAL_S,
     OperatorProcess,
     running_operator,
 )
-from tests.cluster.test_operator import RAY, get_rs, llmservice, worker_group
 
 pytestmark = pytest.mark.cluster
 

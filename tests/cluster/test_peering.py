@@ -11,8 +11,8 @@ from kubernetes import client
 
 from llmservice_operator import constants as c
 from tests.cluster.harness import LocalCluster, wait_for
+from tests.cluster.objects import get_rs, llmservice
 from tests.cluster.operator_process import OperatorProcess, install_llmservice_crd
-from tests.cluster.test_operator import get_rs, llmservice
 
 pytestmark = pytest.mark.cluster
 ROOT = Path(__file__).resolve().parents[2]

@@ -23,9 +23,9 @@ from kubernetes.client.exceptions import ApiException
 
 from llmservice_operator import constants as c
 from tests.cluster.harness import LocalCluster, wait_for
+from tests.cluster.objects import condition, get_rs, get_svc, llmservice, patch_spec
 from tests.cluster.operator_process import OperatorProcess, install_llmservice_crd
 from tests.cluster.test_install import Helm, fullname, release_name
-from tests.cluster.test_operator import condition, get_rs, get_svc, llmservice, patch_spec
 
 pytestmark = pytest.mark.cluster
 
