@@ -130,14 +130,13 @@ def _our_llmservice(model_dir: str) -> dict[str, Any]:
 
 def rendered_ours(model_dir: str) -> tuple[dict[str, Any], dict[str, str]]:
     """Our app's args and the Ray containers' env, exactly as the renderer writes them."""
-    from llmservice_operator.cli import _plain_env
-    from llmservice_operator.render import render_rayservice
+    from llmservice_operator.render import container_env, render_rayservice
     from llmservice_operator.validate import parse
     from serve_app.local import local_app
 
     rayservice = render_rayservice(parse(_our_llmservice(model_dir)))
     app = local_app(rayservice["spec"]["serveConfigV2"])
-    return app.args, _plain_env(rayservice)
+    return app.args, container_env(rayservice)
 
 
 def _ray_start(system: str, env: dict[str, str]) -> str:

@@ -17,7 +17,7 @@ import yaml
 from llmservice_operator import constants as c
 from llmservice_operator.api.models import LLMService
 from llmservice_operator.errors import FieldError, InvalidSpecError
-from llmservice_operator.render import render
+from llmservice_operator.render import container_env, render
 from llmservice_operator.validate import parse
 from llmservice_operator.yamlio import dump_all, load_all
 
@@ -143,14 +143,6 @@ def cmd_operator(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _plain_env(rayservice: dict[str, Any]) -> dict[str, str]:
-    """The literal env vars of the RayService's worker containers (the head's when CPU-less)."""
-    cluster = rayservice["spec"]["rayClusterConfig"]
-    groups = cluster.get("workerGroupSpecs") or [cluster["headGroupSpec"]]
-    container = groups[0]["template"]["spec"]["containers"][0]
-    return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
-
-
 def cmd_up(args: argparse.Namespace) -> int:
     """Serve one LLMService's rendered Serve config on a local Ray until Ctrl-C."""
     services = _load_services(args.file)
@@ -166,7 +158,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         model_source=args.model_source,
         # What the Ray containers would get (spec.env plus the GPU defaults); values taken
         # from Secrets stay out: here they come from the user's own environment.
-        env=_plain_env(rayservice),
+        env=container_env(rayservice),
     )
 
 

@@ -194,6 +194,18 @@ def render_rayservice(svc: LLMService) -> dict[str, Any]:
     return obj
 
 
+def container_env(rayservice: dict[str, Any]) -> dict[str, str]:
+    """Literal env vars of a rendered RayService's Ray containers (Secret references left out).
+
+    Every Ray container gets the same env; the first worker group's (the head's without
+    workers) stands for all. `llmservice up` and the GPU benchmark run local Ray with it.
+    """
+    cluster = rayservice["spec"]["rayClusterConfig"]
+    groups = cluster.get("workerGroupSpecs") or [cluster["headGroupSpec"]]
+    container = groups[0]["template"]["spec"]["containers"][0]
+    return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+
+
 def render(svc: LLMService) -> list[dict[str, Any]]:
     """Every child object of one LLMService, RayService first."""
     return [render_rayservice(svc)]
