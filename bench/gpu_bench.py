@@ -17,6 +17,9 @@ the same slice of its memory), so rounds interleave without restarts; they start
 another because vLLM sizes its KV cache from a memory profile that another process's start-up
 would disturb. Ray clusters and the vLLM server run in their own sessions: they outlive the
 command that started them.
+
+Experiments (docs/performance.md's stream-window table): GPU_BENCH_BATCHING_MS=N at `up` gives (c)
+another stream-batching window, GPU_BENCH_TAG=-x at `measure` labels its rows "ours-x".
 """
 
 from __future__ import annotations
@@ -57,13 +60,6 @@ ACCELERATOR = os.environ.get("GPU_BENCH_ACCELERATOR", "H100")
 
 def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def _get(url: str, timeout: float = 5) -> str:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(url, timeout=timeout) as resp:
-        body: bytes = resp.read()
-        return body.decode()
 
 
 def _complete(url: str) -> None:
@@ -139,7 +135,7 @@ def rendered_ours(model_dir: str) -> tuple[dict[str, Any], dict[str, str]]:
     return app.args, container_env(rayservice)
 
 
-def _ray_start(system: str, env: dict[str, str]) -> str:
+def _ray_start(system: str, env: dict[str, str]) -> None:
     base = RAY_PORT_BASE[system]
     temp = f"/tmp/rb-{system}"
     args = [
@@ -158,7 +154,6 @@ def _ray_start(system: str, env: dict[str, str]) -> str:
     )
     if done.returncode != 0:
         raise RuntimeError(f"ray start ({system}) failed:\n{_tail(log)}")
-    return f"127.0.0.1:{base}"
 
 
 def deploy(system: str, address: str, port: int, model_dir: str) -> None:
