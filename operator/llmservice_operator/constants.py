@@ -13,6 +13,9 @@ SHORT_NAMES: Final = ("llmsvc",)
 RAY_API_VERSION: Final = "ray.io/v1"
 
 FIELD_MANAGER: Final = "llmservice-operator"
+# The RayClusters' worker-group sizes are ours too (KubeRay does not pass them on from the
+# RayService): a field manager of their own, so `kubectl get --show-managed-fields` tells why.
+REPLICAS_FIELD_MANAGER: Final = "llmservice-operator-replicas"
 
 # Labels the renderer puts on every child (Kubernetes recommended labels plus our own key).
 LABEL_NAME: Final = "app.kubernetes.io/name"

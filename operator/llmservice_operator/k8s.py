@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import Any, cast
 
 import kopf
+import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -24,12 +25,20 @@ log = logging.getLogger(__name__)
 
 RAY_GROUP, RAY_VERSION = c.RAY_API_VERSION.split("/")
 RAYSERVICES = "rayservices"
+RAYCLUSTERS = "rayclusters"
+JSON_PATCH = "application/json-patch+json"
 APPLY_PATCH = "application/apply-patch+yaml"
 MERGE_PATCH = "application/merge-patch+json"
 
 # Transient API failures: retry soon. Anything else 4xx means the request itself is wrong.
 _RETRY_STATUSES = frozenset({409, 429, 500, 502, 503, 504})
 RETRY_DELAY_S = 5.0
+# Reads of Ray's own Serve API go through the API server's service proxy to the head's dashboard:
+# short, because a cluster whose Ray is not up yet must not hold up the reconcile.
+SERVE_API_TIMEOUT_S = 5.0
+SERVE_DETAILS_PATH = "api/serve/applications/"
+# KubeRay's Warning events when it refuses a RayService (utils.InvalidRayServiceSpec/Metadata).
+KUBERAY_REJECTIONS = frozenset({"InvalidRayServiceSpec", "InvalidRayServiceMetadata"})
 
 
 def _reason(exc: ApiException) -> str:
@@ -194,3 +203,111 @@ class Kube:
             except ApiException as exc:
                 if exc.status != 404:  # deleted meanwhile: nothing left to report on
                     raise
+
+    def get_raycluster(self, namespace: str, name: str) -> dict[str, Any] | None:
+        with classified(f"get RayCluster {namespace}/{name}"):
+            try:
+                obj = self.custom.get_namespaced_custom_object(
+                    RAY_GROUP, RAY_VERSION, namespace, RAYCLUSTERS, name
+                )
+            except ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
+            return cast(dict[str, Any], obj)
+
+    def patch_raycluster(
+        self, namespace: str, name: str, ops: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """JSON patch of a RayCluster under the replicas field manager (see ``scale``)."""
+        with classified(f"scale RayCluster {namespace}/{name}"):
+            try:
+                patched = self.custom.patch_namespaced_custom_object(
+                    RAY_GROUP,
+                    RAY_VERSION,
+                    namespace,
+                    RAYCLUSTERS,
+                    name,
+                    ops,
+                    field_manager=c.REPLICAS_FIELD_MANAGER,
+                    _content_type=JSON_PATCH,
+                )
+            except ApiException as exc:
+                # A failed `test` op: the worker groups changed under us. Read again, retry.
+                if exc.status == 422 and "test" in _reason(exc).lower():
+                    raise kopf.TemporaryError(
+                        f"RayCluster {name} changed meanwhile", delay=1
+                    ) from exc
+                raise
+            return cast(dict[str, Any], patched)
+
+    def worker_pods(self, namespace: str, cluster: str) -> list[dict[str, Any]]:
+        """The live (not terminating) worker pods of one RayCluster."""
+        with classified(f"list pods of RayCluster {namespace}/{cluster}"):
+            pods = self.core.list_namespaced_pod(
+                namespace,
+                label_selector=f"ray.io/cluster={cluster},ray.io/node-type=worker",
+                _request_timeout=30,
+            )
+            out = []
+            for pod in pods.items:
+                meta = pod.metadata
+                if meta is None or meta.deletion_timestamp is not None:
+                    continue
+                out.append(
+                    {
+                        "name": meta.name,
+                        "ip": pod.status.pod_ip if pod.status else None,
+                        "group": (meta.labels or {}).get("ray.io/group", ""),
+                    }
+                )
+            return out
+
+    def serve_details(self, namespace: str, head_service: str) -> dict[str, Any] | None:
+        """Ray Serve's view of its applications, or None when Ray does not answer.
+
+        The same call KubeRay makes (``GET /api/serve/applications/?api_type=declarative``),
+        through the API server's service proxy, so the operator needs no route into the pod
+        network. Not answering is a normal state (Ray still starting), never an error.
+        """
+        path = (
+            f"/api/v1/namespaces/{namespace}/services/{head_service}:dashboard/proxy/"
+            f"{SERVE_DETAILS_PATH}"
+        )
+        api = self.core.api_client
+        try:
+            request = api.param_serialize(
+                "GET",
+                path,
+                query_params=[("api_type", "declarative")],
+                header_params={"Accept": "application/json"},
+                auth_settings=["BearerToken"],
+            )
+            resp = api.call_api(*request, _request_timeout=SERVE_API_TIMEOUT_S)
+            if resp.status != 200:
+                log.debug("Serve API of %s/%s: HTTP %s", namespace, head_service, resp.status)
+                return None
+            body = json.loads(resp.read() or b"{}")
+        except (ApiException, OSError, ValueError, urllib3.exceptions.HTTPError) as exc:
+            log.debug("Serve API of %s/%s not answering: %s", namespace, head_service, exc)
+            return None
+        return body if isinstance(body, dict) else None
+
+    def kuberay_rejection(self, namespace: str, uid: str) -> str | None:
+        """The latest message of KubeRay refusing this RayService, if it did (Warning events)."""
+        with classified(f"list events of RayService {namespace}"):
+            events = self.core.list_namespaced_event(
+                namespace, field_selector=f"involvedObject.uid={uid}", _request_timeout=30
+            )
+        rejected = [
+            e for e in events.items if e.type == "Warning" and e.reason in KUBERAY_REJECTIONS
+        ]
+        if not rejected:
+            return None
+
+        def when(e: Any) -> dt.datetime:
+            stamp = e.last_timestamp or e.event_time or e.first_timestamp
+            return stamp or dt.datetime.min.replace(tzinfo=dt.UTC)
+
+        latest = max(rejected, key=when)
+        return f"{latest.reason}: {latest.message}"

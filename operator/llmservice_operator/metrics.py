@@ -10,6 +10,16 @@ RECONCILES = Counter(
 APPLIES = Counter(
     "llmservice_rayservice_applies_total", "Server-side applies of RayServices.", ["action"]
 )
+CLUSTER_SCALES = Counter(
+    "llmservice_raycluster_scales_total",
+    "Patches of RayCluster worker-group sizes (KubeRay does not pass them on).",
+    ["direction"],
+)
+RESYNC_PASSES = Counter(
+    "llmservice_resync_passes_total",
+    "Completed passes of the periodic resync (ok, standby: a higher peer acts, list_failed).",
+    ["outcome"],
+)
 ERRORS = Counter("llmservice_reconcile_errors_total", "Reconciles that raised.", ["kind"])
 LATENCY = Histogram(
     "llmservice_reconcile_seconds",

@@ -10,8 +10,10 @@ changed. kopf handlers below just wire triggers to it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import logging
+import random
 import time
 from collections.abc import Mapping
 from typing import Any, cast
@@ -19,18 +21,27 @@ from typing import Any, cast
 import kopf
 
 from llmservice_operator import constants as c
-from llmservice_operator import metrics
-from llmservice_operator.api.models import LLMService
+from llmservice_operator import metrics, scale
+from llmservice_operator.api.models import LLMService, LLMServiceStatus
 from llmservice_operator.errors import InvalidSpecError
 from llmservice_operator.k8s import RAY_GROUP, RAY_VERSION, RAYSERVICES, Kube
-from llmservice_operator.plan import plan
-from llmservice_operator.render import render
+from llmservice_operator.observe import (
+    Cluster,
+    Observation,
+    ServeApp,
+    cluster_names,
+    parse_cluster,
+    parse_serve,
+)
+from llmservice_operator.plan import Plan, plan
+from llmservice_operator.render import SERVE_APP_NAME, render
 from llmservice_operator.settings import OperatorConfig
 from llmservice_operator.status import (
     Desired,
     compute_status,
     invalid_status,
     merge_conditions,
+    to_wire,
     without_times,
 )
 from llmservice_operator.validate import parse
@@ -84,8 +95,9 @@ def _needs_apply(want: Mapping[str, Any], live: Mapping[str, Any] | None) -> boo
 
 
 def _write_status(
-    kube: Kube, body: Mapping[str, Any], new: dict[str, Any], previous: Mapping[str, Any]
+    kube: Kube, body: Mapping[str, Any], status: LLMServiceStatus, previous: Mapping[str, Any]
 ) -> bool:
+    new = to_wire(status)
     new["conditions"] = merge_conditions(
         new["conditions"], previous.get("conditions") or [], _now()
     )
@@ -97,8 +109,15 @@ def _write_status(
     return True
 
 
-def reconcile(kube: Kube, body: Mapping[str, Any], trigger: str) -> dict[str, Any]:
-    """Converge one LLMService. Raises kopf errors; returns the status it computed."""
+def backoff_delay(attempt: int, base: float = 5.0, cap: float = 300.0) -> float:
+    """Exponential back-off with full jitter: retries of many objects never march in step."""
+    return random.uniform(base / 2, min(cap, base * 2 ** max(attempt, 0)))
+
+
+def reconcile(
+    kube: Kube, body: Mapping[str, Any], trigger: str, attempt: int = 0
+) -> dict[str, Any]:
+    """Converge one LLMService. Raises kopf errors; returns the status it wrote."""
     meta = body["metadata"]
     previous: Mapping[str, Any] = body.get("status") or {}
     generation = meta.get("generation")
@@ -116,29 +135,128 @@ def reconcile(kube: Kube, body: Mapping[str, Any], trigger: str) -> dict[str, An
     (rayservice,) = children
     name, namespace = rayservice["metadata"]["name"], rayservice["metadata"]["namespace"]
     live = kube.get_rayservice(namespace, name)
+    apply_error: str | None = None
     if _needs_apply(rayservice, live):
         action = "created" if live is None else "updated"
-        live = kube.apply_rayservice(rayservice)
-        hash_ = rayservice["metadata"]["annotations"][c.ANNOTATION_SPEC_HASH]
-        kube.post_event(
-            body, "Normal", "Applied", f"RayService {name} {action} ({trigger}, spec hash {hash_})"
-        )
-        metrics.APPLIES.labels(action=action).inc()
+        try:
+            live = kube.apply_rayservice(rayservice)
+        except kopf.PermanentError as exc:
+            # Refused by the API server (RBAC, admission, no KubeRay CRD): say so in status,
+            # and retry with back-off: a fixed RBAC or an installed KubeRay heals it.
+            apply_error = str(exc)
+        else:
+            hash_ = rayservice["metadata"]["annotations"][c.ANNOTATION_SPEC_HASH]
+            message = f"RayService {name} {action} ({trigger}, spec hash {hash_})"
+            kube.post_event(body, "Normal", "Applied", message)
+            metrics.APPLIES.labels(action=action).inc()
 
-    status = compute_status(_desired(svc), live, previous, svc.spec.route_prefix)
-    _write_status(kube, body, status, previous)
+    p = plan(svc.spec)
+    obs = observe(kube, body, svc, p, live, apply_error)
+    status = compute_status(_desired(svc, p), obs, previous)
+    changed = _write_status(kube, body, status, previous)
+    if apply_error is not None:
+        if changed:
+            kube.post_event(body, "Warning", "ApplyFailed", apply_error)
+        metrics.RECONCILES.labels(result="apply_failed").inc()
+        raise kopf.TemporaryError(apply_error, delay=backoff_delay(attempt))
     metrics.RECONCILES.labels(result="ok").inc()
     metrics.LATENCY.observe(time.perf_counter() - started)
-    return status
+    return to_wire(status)
 
 
-def _desired(svc: LLMService) -> Desired:
+def observe(
+    kube: Kube,
+    body: Mapping[str, Any],
+    svc: LLMService,
+    p: Plan,
+    live: Mapping[str, Any] | None,
+    apply_error: str | None,
+) -> Observation:
+    """Read the RayClusters and Ray's Serve state; keep worker-group sizes in line on the way."""
+    if live is None:
+        return Observation(rayservice=None, apply_error=apply_error)
+    namespace = svc.metadata.namespace
+    active_name, pending_name = cluster_names(live)
+    rs_status = live.get("status") or {}
+    upgrading = any(
+        cond.get("type") == "UpgradeInProgress" and cond.get("status") == "True"
+        for cond in rs_status.get("conditions") or []
+    )
+    # KubeRay compares an upgrading RayService only with its pending cluster and leaves the
+    # active one as it was (it serves the old config); so do we. Before the first cluster is
+    # promoted, the pending one is the only one.
+    scaled = pending_name if (upgrading or active_name is None) else active_name
+    clusters: dict[str, Cluster | None] = {}
+    for role, cluster_name in (("active", active_name), ("pending", pending_name)):
+        if cluster_name is None:
+            clusters[role] = None
+            continue
+        raycluster = kube.get_raycluster(namespace, cluster_name)
+        if raycluster is None:
+            clusters[role] = None
+            continue
+        parsed = parse_cluster(raycluster)
+        serve = parse_serve(kube.serve_details(namespace, parsed.head_service), SERVE_APP_NAME)
+        if cluster_name == scaled:
+            apps = (rs_status.get(f"{role}ServiceStatus") or {}).get("applicationStatuses")
+            raycluster = _keep_sizes(kube, body, raycluster, p, serve, bool(apps))
+            parsed = parse_cluster(raycluster)
+        clusters[role] = dataclasses.replace(parsed, serve=serve)
+    rejection = None
+    rs_meta = live.get("metadata") or {}
+    if rs_status.get("observedGeneration") != rs_meta.get("generation") and rs_meta.get("uid"):
+        # KubeRay refuses an invalid RayService before it writes any status: its Warning
+        # event is the only place that says so.
+        rejection = kube.kuberay_rejection(namespace, str(rs_meta["uid"]))
+    return Observation(
+        rayservice=live,
+        active=clusters["active"],
+        pending=clusters["pending"],
+        kuberay_rejection=rejection,
+        apply_error=apply_error,
+    )
+
+
+def _keep_sizes(
+    kube: Kube,
+    body: Mapping[str, Any],
+    raycluster: dict[str, Any],
+    p: Plan,
+    serve: ServeApp | None,
+    serve_expected: bool,
+) -> dict[str, Any]:
+    """Patch the RayCluster's worker-group sizes to the plan (see ``scale``)."""
+    wanted = scale.targets(p)
+    if bool((raycluster.get("spec") or {}).get("enableInTreeAutoscaling")) != p.autoscaling:
+        # Made for the other mode (a fixed <-> autoscaling switch KubeRay has not carried out
+        # yet): its replacement comes sized from the RayService; a count here would fight Ray's
+        # autoscaler, and bounds there would be meaningless.
+        return raycluster
+    if scale.in_line(raycluster, wanted):
+        return raycluster
+    meta = raycluster["metadata"]
+    pods = [scale.WorkerPod(**pod) for pod in kube.worker_pods(meta["namespace"], meta["name"])]
+    patch = scale.replica_patch(
+        raycluster, wanted, serve=serve, serve_expected=serve_expected,
+        serve_replicas=p.replicas, pods=pods,
+    )  # fmt: skip
+    if patch is None:
+        return raycluster
+    patched = kube.patch_raycluster(meta["namespace"], meta["name"], patch.ops)
+    kube.post_event(body, "Normal", "Scaled", f"RayCluster {meta['name']}: {patch.summary}")
+    metrics.CLUSTER_SCALES.labels(direction=patch.direction).inc()
+    return patched
+
+
+def _desired(svc: LLMService, p: Plan) -> Desired:
     return Desired(
         generation=svc.metadata.generation,
         version=svc.spec.model.version,
-        replicas=plan(svc.spec).replicas,
+        replicas=p.replicas,
         rayservice_name=svc.metadata.name,
         namespace=svc.metadata.namespace,
+        workers=None if p.autoscaling else sum(g.replicas or 0 for g in p.worker_groups),
+        route_prefix=svc.spec.route_prefix,
     )
 
 
@@ -192,11 +310,15 @@ async def _resync_forever(kube: Kube, config: OperatorConfig) -> None:
         if not config.standalone and await asyncio.to_thread(
             kube.outranked, config.peering_name, config.namespaces, config.priority
         ):
-            continue  # a hot standby: the leading peer resyncs
+            # A hot standby: the leading peer resyncs. Counted after the fact, so a reader
+            # that waits for two more passes knows a whole pass began and ended meanwhile.
+            metrics.RESYNC_PASSES.labels(outcome="standby").inc()
+            continue
         try:
             bodies = await asyncio.to_thread(kube.list_llmservices, config.namespaces)
         except (kopf.TemporaryError, kopf.PermanentError) as exc:
             log.warning("resync: %s", exc)
+            metrics.RESYNC_PASSES.labels(outcome="list_failed").inc()
             continue
         for body in bodies:
             if body["metadata"].get("deletionTimestamp"):
@@ -205,18 +327,19 @@ async def _resync_forever(kube: Kube, config: OperatorConfig) -> None:
                 await asyncio.to_thread(_counted, kube, body, "resync")
             except (kopf.TemporaryError, kopf.PermanentError) as exc:
                 log.info("resync of %s: %s", body["metadata"]["name"], exc)
+        metrics.RESYNC_PASSES.labels(outcome="ok").inc()
 
 
 @kopf.on.resume(c.GROUP, c.VERSION, c.PLURAL)
 @kopf.on.create(c.GROUP, c.VERSION, c.PLURAL)
 @kopf.on.update(c.GROUP, c.VERSION, c.PLURAL, field="spec")
-def on_llmservice(body: kopf.Body, memo: kopf.Memo, reason: str, **_: Any) -> None:
-    _counted(memo["kube"], body, trigger=str(reason))
+def on_llmservice(body: kopf.Body, memo: kopf.Memo, reason: str, retry: int, **_: Any) -> None:
+    _counted(memo["kube"], body, trigger=str(reason), attempt=retry)
 
 
-def _counted(kube: Kube, body: Mapping[str, Any], trigger: str) -> None:
+def _counted(kube: Kube, body: Mapping[str, Any], trigger: str, attempt: int = 0) -> None:
     try:
-        reconcile(kube, body, trigger)
+        reconcile(kube, body, trigger, attempt)
     except kopf.TemporaryError:
         metrics.ERRORS.labels(kind="temporary").inc()
         raise

@@ -1,42 +1,80 @@
-"""LLMService status from the real RayService: conditions shaped like metav1.Condition.
+"""LLMService status from what was observed: conditions shaped like metav1.Condition.
 
-Pure functions: the operator reads the objects, calls ``compute_status``, and writes the result
-only when it differs from what is stored. Ready means what KubeRay's own RayService ``Ready``
-condition means: the Serve app is running and at least one Serve endpoint takes traffic.
+Pure functions: the operator reads the RayService, its RayClusters and Ray Serve's own state
+(``observe``), calls ``compute_status``, and writes the result only when it differs from what is
+stored. Nothing here is inferred from what was asked for: a replica is ready when Ray reports
+its Serve replica RUNNING, a version is active when the Serve app runs it, and until then the
+LLMService says Progressing. KubeRay's own ``Ready`` only means "the serve Service has
+endpoints", so it is one input, never the answer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from enum import StrEnum
+from typing import Any
 
 from llmservice_operator import constants as c
+from llmservice_operator.api.models import Condition, LLMServiceStatus
+from llmservice_operator.observe import FAILED_APP_STATES, Cluster, Observation, ServeApp
 
-# Condition types.
-READY: Final = "Ready"
-PROGRESSING: Final = "Progressing"
-DEGRADED: Final = "Degraded"
 
-# Reasons: every reason this operator writes, in one place.
-REASON_INVALID_SPEC: Final = "InvalidSpec"
-REASON_APPLY_FAILED: Final = "ApplyFailed"
-REASON_CREATING: Final = "Creating"
-REASON_INITIALIZING: Final = "Initializing"
-REASON_UPGRADING: Final = "Upgrading"
-REASON_SERVING: Final = "Serving"
-REASON_NOT_SERVING: Final = "NotServing"
-REASON_RECONCILED: Final = "Reconciled"
-REASON_DEPLOY_FAILED: Final = "ServeDeployFailed"
-REASON_INITIALIZING_TIMEOUT: Final = "InitializingTimeout"
-REASON_HEALTHY: Final = "Healthy"
+class ConditionType(StrEnum):
+    #: True when at least one Serve replica of the model runs and the serve Service has endpoints.
+    READY = "Ready"
+    #: True while what runs differs from the spec (creating, scaling, deploying, upgrading).
+    PROGRESSING = "Progressing"
+    #: True when something failed and will not heal by waiting (see the reason).
+    DEGRADED = "Degraded"
 
-PHASE_PENDING: Final = "Pending"
-PHASE_PROGRESSING: Final = "Progressing"
-PHASE_READY: Final = "Ready"
-PHASE_FAILED: Final = "Failed"
 
-_FAILED_APP_STATES = frozenset({"DEPLOY_FAILED", "UNHEALTHY"})
+class Reason(StrEnum):
+    #: Set when the spec fails validation; nothing is applied.
+    INVALID_SPEC = "InvalidSpec"
+    #: Set when the API server refused to apply the RayService (403, 422, no KubeRay CRD).
+    APPLY_FAILED = "ApplyFailed"
+    #: Set when the RayService or its first RayCluster does not exist yet.
+    CREATING = "Creating"
+    #: Set when KubeRay has not yet acted on the RayService's current generation.
+    WAITING_FOR_KUBERAY = "WaitingForKubeRay"
+    #: Set while the Serve app deploys or updates in place (a new config or version).
+    DEPLOYING = "Deploying"
+    #: Set while Serve replicas or worker pods differ from the wanted count.
+    SCALING = "Scaling"
+    #: Set while KubeRay brings up a new RayCluster and has not switched traffic to it.
+    UPGRADING = "Upgrading"
+    #: Set when a Serve replica of the model runs and the serve Service has endpoints.
+    SERVING = "Serving"
+    #: Set when no Serve replica of the model runs or the serve Service has no endpoints.
+    NOT_SERVING = "NotServing"
+    #: Set when what runs matches the spec.
+    RECONCILED = "Reconciled"
+    #: Set when Ray Serve reports the app DEPLOY_FAILED or UNHEALTHY (active or pending).
+    DEPLOY_FAILED = "ServeDeployFailed"
+    #: Set when KubeRay gave up initializing the RayService (its InitializingTimeout).
+    INITIALIZING_TIMEOUT = "InitializingTimeout"
+    #: Set when KubeRay reports a RayCluster failure (ReplicaFailure condition, failed state).
+    RAY_CLUSTER_FAILED = "RayClusterFailed"
+    #: Set when KubeRay rejected the RayService (its InvalidRayServiceSpec/Metadata event).
+    VALIDATION_FAILED = "ValidationFailed"
+    #: Set when nothing failed.
+    HEALTHY = "Healthy"
+
+
+class Phase(StrEnum):
+    #: Set before the first RayCluster exists.
+    PENDING = "Pending"
+    #: Set while Progressing is True and nothing failed.
+    PROGRESSING = "Progressing"
+    #: Set when Ready is True and Progressing is False.
+    READY = "Ready"
+    #: Set when Degraded is True.
+    FAILED = "Failed"
+
+
+_FIX_IT = "fix the spec to continue"
+_CREATING = "creating the RayService"
 
 
 @dataclass(frozen=True)
@@ -45,21 +83,25 @@ class Desired:
 
     generation: int | None
     version: str | None
-    replicas: int | None
+    replicas: int | None  # None when autoscaling
     rayservice_name: str
     namespace: str
+    workers: int | None = None  # worker pods the plan wants (None when autoscaling)
+    route_prefix: str = "/"
 
 
 def _cond(
-    ctype: str, ok: bool, reason: str, message: str, generation: int | None
-) -> dict[str, Any]:
-    return {
-        "type": ctype,
-        "status": "True" if ok else "False",
-        "reason": reason,
-        "message": message,
-        "observedGeneration": generation,
-    }
+    ctype: ConditionType, ok: bool, reason: Reason, message: str, generation: int | None
+) -> Condition:
+    # lastTransitionTime is settled by merge_conditions against the stored conditions.
+    return Condition(
+        type=ctype.value,
+        status="True" if ok else "False",
+        reason=reason.value,
+        message=message,
+        observed_generation=generation,
+        last_transition_time="",
+    )
 
 
 def _rs_condition(rayservice: Mapping[str, Any], ctype: str) -> Mapping[str, Any] | None:
@@ -69,124 +111,217 @@ def _rs_condition(rayservice: Mapping[str, Any], ctype: str) -> Mapping[str, Any
     return None
 
 
-def _failed_apps(rayservice: Mapping[str, Any]) -> list[str]:
-    active = ((rayservice.get("status") or {}).get("activeServiceStatus") or {}).get(
-        "applicationStatuses"
-    ) or {}
-    return [
-        f"{name}: {app.get('status')} {app.get('message', '')}".strip()
-        for name, app in active.items()
-        if app.get("status") in _FAILED_APP_STATES
-    ]
-
-
-def endpoint(desired: Desired, route_prefix: str = "/") -> str:
+def endpoint(desired: Desired) -> str:
     """In-cluster OpenAI base URL: KubeRay's serve Service for the RayService."""
-    prefix = route_prefix.rstrip("/")
+    prefix = desired.route_prefix.rstrip("/")
     return (
         f"http://{desired.rayservice_name}-serve-svc.{desired.namespace}.svc:"
         f"{c.SERVE_PORT}{prefix}/v1"
     )
 
 
-def compute_status(
+def _app_failure(label: str, serve: ServeApp | None) -> str | None:
+    if serve is None or serve.status not in FAILED_APP_STATES:
+        return None
+    return f"{label} Serve app {serve.status}: {serve.message}".strip(" :")
+
+
+def _degraded(obs: Observation, rs_ready: Mapping[str, Any] | None) -> tuple[Reason, str] | None:
+    """The first failure that waiting will not fix, with KubeRay's or Ray's own message."""
+    if obs.kuberay_rejection:
+        return Reason.VALIDATION_FAILED, obs.kuberay_rejection
+    for label, cluster in (("active", obs.active), ("pending", obs.pending)):
+        if cluster is None:
+            continue
+        failed = _app_failure(f"{label} cluster {cluster.name}:", cluster.serve)
+        if failed:
+            return Reason.DEPLOY_FAILED, failed
+        if cluster.failure:
+            message = f"{label} RayCluster {cluster.name}: {cluster.failure}"
+            return Reason.RAY_CLUSTER_FAILED, message
+    if rs_ready and rs_ready.get("reason") == Reason.INITIALIZING_TIMEOUT.value:
+        return Reason.INITIALIZING_TIMEOUT, str(rs_ready.get("message") or "")
+    return None
+
+
+def _progress(
+    desired: Desired, obs: Observation, serve: ServeApp | None, active: Cluster | None
+) -> tuple[Reason, str] | None:
+    """Why what runs differs from the spec, or None when it does not."""
+    rayservice = obs.rayservice or {}
+    upgrading = _rs_condition(rayservice, "UpgradeInProgress")
+    if active is None:
+        return Reason.CREATING, "waiting for KubeRay's first RayCluster"
+    if upgrading and upgrading.get("status") == "True":
+        pending = obs.pending.name if obs.pending else "a new RayCluster"
+        version = f"version {desired.version} " if desired.version else ""
+        message = f"rolling out {version}on {pending}; {active.name} serves until it is ready"
+        return Reason.UPGRADING, message
+    rs_meta = rayservice.get("metadata") or {}
+    if (rayservice.get("status") or {}).get("observedGeneration") != rs_meta.get("generation"):
+        return Reason.WAITING_FOR_KUBERAY, "KubeRay has not acted on the latest RayService yet"
+    if serve is None:
+        return Reason.DEPLOYING, "waiting for the Serve app on the Ray cluster"
+    if not serve.settled:
+        dep = f", model deployment {serve.deployment_status}" if serve.deployment_status else ""
+        return Reason.DEPLOYING, f"Serve app {serve.status}{dep}"
+    if desired.version is not None and serve.version != desired.version:
+        return Reason.DEPLOYING, f"Serve runs version {serve.version}, want {desired.version}"
+    if desired.replicas is not None and serve.running_replicas != desired.replicas:
+        return Reason.SCALING, f"{serve.running_replicas}/{desired.replicas} Serve replicas running"
+    if desired.workers is not None and active.ready_workers != desired.workers:
+        return Reason.SCALING, f"{active.ready_workers}/{desired.workers} worker pods ready"
+    return None
+
+
+def _status(
     desired: Desired,
-    rayservice: Mapping[str, Any] | None,
-    previous: Mapping[str, Any] | None,
-    route_prefix: str = "/",
-) -> dict[str, Any]:
-    """The LLMService status (without lastTransitionTime; see ``merge_conditions``)."""
+    *,
+    phase: Phase,
+    ready_replicas: int,
+    active_version: str | None,
+    pending_version: str | None,
+    conditions: list[Condition],
+    endpoint: str | None = None,
+    serve: ServeApp | None = None,
+) -> LLMServiceStatus:
+    # The scale subresource's current count: the fixed count, or what Serve's autoscaler
+    # targets right now (unknown while Ray does not answer).
+    replicas = desired.replicas
+    if replicas is None and serve is not None:
+        replicas = serve.target_replicas
+    return LLMServiceStatus(
+        phase=phase.value,
+        conditions=conditions,
+        observed_generation=desired.generation,
+        replicas=replicas,
+        ready_replicas=ready_replicas,
+        selector=f"{c.LABEL_LLMSERVICE}={desired.rayservice_name}",
+        endpoint=endpoint,
+        active_version=active_version,
+        pending_version=pending_version,
+        ray_service_name=desired.rayservice_name,
+    )
+
+
+def compute_status(
+    desired: Desired, obs: Observation, previous: Mapping[str, Any] | None
+) -> LLMServiceStatus:
+    """The LLMService status from one observation (see ``merge_conditions`` for times)."""
     previous = previous or {}
     gen = desired.generation
-    status: dict[str, Any] = {
-        "observedGeneration": gen,
-        "replicas": desired.replicas,
-        "rayServiceName": desired.rayservice_name,
-        "selector": f"{c.LABEL_LLMSERVICE}={desired.rayservice_name}",
-    }
-    if rayservice is None:
-        status.update(
-            phase=PHASE_PENDING,
-            readyReplicas=0,
-            activeVersion=previous.get("activeVersion"),
-            pendingVersion=desired.version,
+    active = obs.active
+    serve = active.serve if active else None
+    ready_replicas = serve.running_replicas if serve else 0
+    settled_version = serve.version if serve is not None and serve.settled else None
+    active_version = settled_version or previous.get("activeVersion")
+    pending_version = (
+        desired.version
+        if desired.version is not None and settled_version != desired.version
+        else None
+    )
+
+    if obs.apply_error is not None:
+        msg = obs.apply_error
+        return _status(
+            desired,
+            phase=Phase.FAILED,
+            ready_replicas=ready_replicas,
+            active_version=active_version,
+            pending_version=pending_version,
             conditions=[
-                _cond(READY, False, REASON_CREATING, "RayService not created yet", gen),
-                _cond(PROGRESSING, True, REASON_CREATING, "creating the RayService", gen),
-                _cond(DEGRADED, False, REASON_HEALTHY, "", gen),
+                _cond(ConditionType.READY, False, Reason.APPLY_FAILED, msg, gen),
+                _cond(ConditionType.PROGRESSING, False, Reason.APPLY_FAILED, "retrying", gen),
+                _cond(ConditionType.DEGRADED, True, Reason.APPLY_FAILED, msg, gen),
             ],
         )
-        return status
-
-    rs_ready = _rs_condition(rayservice, "Ready")
-    upgrading = _rs_condition(rayservice, "UpgradeInProgress")
-    ready = bool(rs_ready and rs_ready.get("status") == "True")
-    in_upgrade = bool(upgrading and upgrading.get("status") == "True")
-    rs_meta = rayservice.get("metadata") or {}
-    rs_status = rayservice.get("status") or {}
-    caught_up = rs_status.get("observedGeneration") == rs_meta.get("generation")
-    failed = _failed_apps(rayservice)
-    timeout = bool(rs_ready and rs_ready.get("reason") == REASON_INITIALIZING_TIMEOUT)
-
-    settled = ready and caught_up and not in_upgrade
-    active = desired.version if settled else previous.get("activeVersion")
-    status["activeVersion"] = active
-    status["pendingVersion"] = None if settled else desired.version
-    status["endpoint"] = endpoint(desired, route_prefix) if ready else None
-    status["readyReplicas"] = (desired.replicas or 0) if settled else 0
-
-    rs_reason = (rs_ready or {}).get("reason") or REASON_INITIALIZING
-    rs_message = (rs_ready or {}).get("message") or ""
-    if ready:
-        ready_cond = _cond(READY, True, REASON_SERVING, "Serve app running and reachable", gen)
-    else:
-        ready_cond = _cond(
-            READY,
-            False,
-            REASON_NOT_SERVING,
-            f"RayService {rs_reason}: {rs_message}".strip(" :"),
-            gen,
+    if obs.rayservice is None:
+        return _status(
+            desired,
+            phase=Phase.PENDING,
+            ready_replicas=0,
+            active_version=previous.get("activeVersion"),
+            pending_version=desired.version,
+            conditions=[
+                _cond(ConditionType.READY, False, Reason.CREATING, "no RayService yet", gen),
+                _cond(ConditionType.PROGRESSING, True, Reason.CREATING, _CREATING, gen),
+                _cond(ConditionType.DEGRADED, False, Reason.HEALTHY, "", gen),
+            ],
         )
-    if in_upgrade:
-        prog = _cond(
-            PROGRESSING, True, REASON_UPGRADING,
-            f"rolling out version {desired.version} on a new Ray cluster", gen,
+
+    rs_ready = _rs_condition(obs.rayservice, "Ready")
+    endpoints = bool(rs_ready and rs_ready.get("status") == "True")
+    serving = endpoints and ready_replicas > 0
+    if serving:
+        ready = _cond(
+            ConditionType.READY, True, Reason.SERVING,
+            f"{ready_replicas} Serve replica(s) running, serve Service has endpoints", gen,
         )  # fmt: skip
-    elif not settled:
-        prog = _cond(PROGRESSING, True, REASON_INITIALIZING, "waiting for the Serve app", gen)
     else:
-        prog = _cond(PROGRESSING, False, REASON_RECONCILED, "", gen)
-    if failed:
-        degraded = _cond(DEGRADED, True, REASON_DEPLOY_FAILED, "; ".join(failed), gen)
-    elif timeout:
-        degraded = _cond(DEGRADED, True, REASON_INITIALIZING_TIMEOUT, rs_message, gen)
+        why = (
+            "serve Service has no endpoints"
+            if ready_replicas
+            else "no Serve replica of the model is running"
+        )
+        kuberay = (rs_ready or {}).get("reason")
+        ready = _cond(
+            ConditionType.READY, False, Reason.NOT_SERVING,
+            f"{why} (KubeRay: {kuberay})" if kuberay else why, gen,
+        )  # fmt: skip
+    progress = _progress(desired, obs, serve, active)
+    if progress is None:
+        prog = _cond(ConditionType.PROGRESSING, False, Reason.RECONCILED, "", gen)
     else:
-        degraded = _cond(DEGRADED, False, REASON_HEALTHY, "", gen)
-    status["conditions"] = [ready_cond, prog, degraded]
-    if failed or timeout:
-        status["phase"] = PHASE_FAILED
-    elif settled:
-        status["phase"] = PHASE_READY
+        prog = _cond(ConditionType.PROGRESSING, True, progress[0], progress[1], gen)
+    failure = _degraded(obs, rs_ready)
+    if failure is None:
+        degraded = _cond(ConditionType.DEGRADED, False, Reason.HEALTHY, "", gen)
     else:
-        status["phase"] = PHASE_PROGRESSING
-    return status
+        degraded = _cond(ConditionType.DEGRADED, True, failure[0], failure[1], gen)
+
+    if failure is not None:
+        phase = Phase.FAILED
+    elif serving and progress is None:
+        phase = Phase.READY
+    elif active is None:
+        phase = Phase.PENDING
+    else:
+        phase = Phase.PROGRESSING
+    return _status(
+        desired,
+        phase=phase,
+        ready_replicas=ready_replicas,
+        endpoint=endpoint(desired) if serving else None,
+        serve=serve,
+        active_version=active_version,
+        pending_version=pending_version,
+        conditions=[ready, prog, degraded],
+    )
 
 
 def invalid_status(
     generation: int | None, message: str, previous: Mapping[str, Any] | None
-) -> dict[str, Any]:
+) -> LLMServiceStatus:
     """Status for a spec that cannot be rendered: nothing is applied, the old child stays."""
-    previous = previous or {}
-    return {
-        **{k: v for k, v in previous.items() if k != "conditions"},
-        "observedGeneration": generation,
-        "phase": PHASE_FAILED,
-        "conditions": [
-            _cond(READY, False, REASON_INVALID_SPEC, message, generation),
-            _cond(PROGRESSING, False, REASON_INVALID_SPEC, "fix the spec to continue", generation),
-            _cond(DEGRADED, True, REASON_INVALID_SPEC, message, generation),
-        ],
-    }
+    kept = {k: v for k, v in (previous or {}).items() if k != "conditions"}
+    old = LLMServiceStatus.model_validate(kept)
+    return old.model_copy(
+        update={
+            "observed_generation": generation,
+            "phase": Phase.FAILED.value,
+            "conditions": [
+                _cond(ConditionType.READY, False, Reason.INVALID_SPEC, message, generation),
+                _cond(ConditionType.PROGRESSING, False, Reason.INVALID_SPEC, _FIX_IT, generation),
+                _cond(ConditionType.DEGRADED, True, Reason.INVALID_SPEC, message, generation),
+            ],
+        }
+    )
+
+
+def to_wire(status: LLMServiceStatus) -> dict[str, Any]:
+    """The status as the API stores it (camelCase; unset optional fields written as null)."""
+    out: dict[str, Any] = status.model_dump(by_alias=True, mode="json")
+    return out
 
 
 def merge_conditions(

@@ -125,8 +125,16 @@ def test_replicas_scale_and_versions_reach_the_rayservice(
         api, namespace, "llama", lambda rs: serve_args(rs)["model_version"] == "v2", "version v2"
     )
     assert rs["spec"]["rayClusterConfig"] == before["spec"]["rayClusterConfig"]
-    svc = get_svc(api, namespace, "llama")
-    assert svc["status"].get("pendingVersion") in ("v2", None)
+    # No Ray runs on KWOK: Serve never runs v2, so v2 stays pending and nothing is active.
+    svc = wait_for(
+        "pendingVersion v2",
+        lambda: (
+            (s := get_svc(api, namespace, "llama"))["status"].get("pendingVersion") == "v2" and s
+        ),
+        WAIT_S,
+    )
+    assert svc["status"].get("activeVersion") is None
+    assert condition(svc, "Progressing")["status"] == "True"
 
     # BlueGreen: a new version changes the cluster spec, so KubeRay upgrades to a new cluster.
     patch_spec(

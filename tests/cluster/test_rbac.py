@@ -283,7 +283,18 @@ def denied_outside_the_job(
         "patch its own Deployment": lambda: apps.patch_namespaced_deployment(
             sa, home, {"spec": {"replicas": 5}}
         ),
-        "list pods": lambda: core.list_namespaced_pod(watched),
+        # Pods: listed (to pick an idle worker on a scale-down), never read, exec'd or deleted.
+        "read a pod": lambda: core.read_namespaced_pod("x", watched),
+        "delete pods": lambda: core.delete_collection_namespaced_pod(watched),
+        "proxy to a pod": lambda: core.connect_get_namespaced_pod_proxy("x:8265", watched),
+        # Services: only proxied GETs (Ray Serve's state), never written through the proxy.
+        "POST through a service proxy": lambda: core.connect_post_namespaced_service_proxy(
+            "x:dashboard", watched
+        ),
+        # RayClusters: KubeRay's to create and delete; only their sizes are patched.
+        "delete a RayCluster": lambda: custom.delete_namespaced_custom_object(
+            *RAY[:2], watched, "rayclusters", "x"
+        ),
         # Deletion is the garbage collector's job, never the operator's.
         "delete an LLMService": lambda: custom.delete_namespaced_custom_object(
             c.GROUP, c.VERSION, watched, c.PLURAL, "llama"
@@ -358,6 +369,8 @@ def denied_outside_the_job(
             c.GROUP, c.VERSION, watched, c.PLURAL
         ),
         "list RayServices": lambda: custom.list_namespaced_custom_object(*RAY[:2], watched, RAY[2]),
+        "list pods": lambda: core.list_namespaced_pod(watched),
+        "list events": lambda: core.list_namespaced_event(watched),
         "list CRDs": lambda: client.ApiextensionsV1Api(as_operator).list_custom_resource_definition(
             limit=1
         ),

@@ -10,6 +10,7 @@ operator writes.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -21,6 +22,8 @@ import pytest
 import yaml
 
 from llmservice_operator import status as st
+from llmservice_operator.observe import Observation
+from tests.unit.observations import cluster, observation, rayservice, serve, status
 
 ROOT = Path(__file__).resolve().parents[2]
 ARGOCD = ROOT / "manifests" / "argocd"
@@ -75,7 +78,9 @@ def health(obj: Mapping[str, Any]) -> tuple[str, str]:
 # --- fixtures: LLMServices with the status the operator writes -------------------------------
 
 GEN = 3
-DESIRED = st.Desired(generation=GEN, version="v2", replicas=2, rayservice_name="m", namespace="ns")
+DESIRED = st.Desired(
+    generation=GEN, version="v2", replicas=2, rayservice_name="m", namespace="ns", workers=2
+)
 
 
 def llmservice(
@@ -96,80 +101,64 @@ def llmservice(
     return obj
 
 
-def rayservice(
-    ready: str | None,
-    reason: str = "NonZeroServeEndpoints",
-    upgrading: str = "False",
-    app: str = "RUNNING",
-    app_message: str = "",
-) -> dict[str, Any]:
-    conds: list[dict[str, Any]] = [
-        {"type": "UpgradeInProgress", "status": upgrading, "reason": "NoPendingCluster"}
-    ]
-    if ready is not None:
-        conds.append({"type": "Ready", "status": ready, "reason": reason, "message": ""})
-    return {
-        "metadata": {"generation": 5},
-        "status": {
-            "observedGeneration": 5,
-            "conditions": conds,
-            "activeServiceStatus": {
-                "applicationStatuses": {"llm": {"status": app, "message": app_message}}
-            },
-        },
-    }
-
-
 def with_status(obj: dict[str, Any], **changes: Any) -> dict[str, Any]:
     out = copy.deepcopy(obj)
     out["status"].update(changes)
     return out
 
 
-SERVING = llmservice(st.compute_status(DESIRED, rayservice("True"), {"activeVersion": "v1"}))
-CREATING = llmservice(st.compute_status(DESIRED, None, None))
-WAITING = llmservice(st.compute_status(DESIRED, rayservice("False", reason="Initializing"), None))
+NOT_READY = rayservice(ready="False", reason="Initializing")
+SERVING = llmservice(status(DESIRED, observation(app=serve()), {"activeVersion": "v1"}))
+CREATING = llmservice(status(DESIRED, Observation(rayservice=None)))
+WAITING = llmservice(status(DESIRED, observation(NOT_READY, app=None)))
 UPGRADING = llmservice(
-    st.compute_status(DESIRED, rayservice("True", upgrading="True"), {"activeVersion": "v1"})
+    status(
+        DESIRED,
+        observation(
+            rayservice(upgrading="True", pending="m-new"),
+            app=serve(version="v1"),
+            pending=cluster("m-new"),
+        ),
+        {"activeVersion": "v1"},
+    )
 )
 INVALID = llmservice(
-    st.invalid_status(GEN, "spec.gpu.tensorParallelSize: must divide gpusPerNode", None)
+    st.to_wire(st.invalid_status(GEN, "spec.gpu.tensorParallelSize: must divide gpusPerNode", None))
 )
 DEPLOY_FAILED = llmservice(
-    st.compute_status(
+    status(
         DESIRED,
-        rayservice("False", app="DEPLOY_FAILED", app_message="vLLM engine failed to start"),
-        None,
+        observation(
+            rayservice(ready="False"),
+            app=serve(status="DEPLOY_FAILED", running=0, message="vLLM engine failed to start"),
+        ),
     )
 )
 TIMED_OUT = llmservice(
-    st.compute_status(DESIRED, rayservice("False", reason=st.REASON_INITIALIZING_TIMEOUT), None)
+    status(
+        DESIRED,
+        observation(rayservice(ready="False", reason=st.Reason.INITIALIZING_TIMEOUT), app=None),
+    )
 )
 
-ZERO_FIXED = st.Desired(
-    generation=GEN, version="v2", replicas=0, rayservice_name="m", namespace="ns"
-)
+ZERO_FIXED = dataclasses.replace(DESIRED, replicas=0, workers=0)
 SCALED_TO_ZERO = llmservice(
-    st.compute_status(ZERO_FIXED, rayservice("False", reason="Initializing"), None),
+    status(
+        ZERO_FIXED, observation(NOT_READY, active=cluster(app=serve(running=0), ready_workers=0))
+    ),
     spec={"model": {"source": "org/model"}, "replicas": 0},
 )
 AUTOSCALING_SPEC = {"model": {"source": "org/model"}, "autoscaling": {"minReplicas": 0}}
-AUTOSCALED = st.Desired(
-    generation=GEN, version="v2", replicas=None, rayservice_name="m", namespace="ns"
-)
-AUTOSCALED_TO_ZERO = with_status(
-    llmservice(
-        st.compute_status(AUTOSCALED, rayservice("False", reason="Initializing"), None),
-        spec=AUTOSCALING_SPEC,
-    ),
-    replicas=0,
+AUTOSCALED = dataclasses.replace(DESIRED, replicas=None, workers=None)
+AUTOSCALED_TO_ZERO = llmservice(
+    status(AUTOSCALED, observation(NOT_READY, app=serve(running=0))), spec=AUTOSCALING_SPEC
 )
 AUTOSCALED_CREATING = with_status(
-    llmservice(st.compute_status(AUTOSCALED, None, None), spec=AUTOSCALING_SPEC), replicas=0
-)
-AUTOSCALED_IDLE_BUT_SERVING = with_status(
-    llmservice(st.compute_status(AUTOSCALED, rayservice("True"), None), spec=AUTOSCALING_SPEC),
+    llmservice(status(AUTOSCALED, Observation(rayservice=None)), spec=AUTOSCALING_SPEC),
     replicas=0,
+)
+AUTOSCALED_IDLE_BUT_SERVING = llmservice(
+    status(AUTOSCALED, observation(app=serve(running=1, target=0))), spec=AUTOSCALING_SPEC
 )
 
 OBSERVED_GENERATION_MISSING = copy.deepcopy(SERVING)
@@ -181,7 +170,7 @@ STALE_CONDITION["status"]["conditions"][2]["observedGeneration"] = GEN - 1
 
 CASES: dict[str, tuple[dict[str, Any], str, str]] = {
     # name: (LLMService, Argo CD status, substring of the message)
-    "healthy": (SERVING, "Healthy", "Serve app running and reachable"),
+    "healthy": (SERVING, "Healthy", "2 Serve replica(s) running"),
     "healthy-shows-endpoint": (SERVING, "Healthy", "http://m-serve-svc.ns.svc:8000/v1"),
     "healthy-shows-version": (SERVING, "Healthy", "version v2"),
     "creating": (CREATING, "Progressing", "Creating: creating the RayService"),
@@ -211,13 +200,13 @@ CASES: dict[str, tuple[dict[str, Any], str, str]] = {
     ),
     "no-status": (llmservice(None), "Progressing", f"observe generation {GEN}"),
     "invalid-spec": (INVALID, "Degraded", "InvalidSpec: spec.gpu.tensorParallelSize"),
-    "serve-deploy-failed": (DEPLOY_FAILED, "Degraded", "ServeDeployFailed: llm: DEPLOY_FAILED"),
+    "serve-deploy-failed": (DEPLOY_FAILED, "Degraded", "ServeDeployFailed: active cluster"),
     "serve-deploy-failed-message": (DEPLOY_FAILED, "Degraded", "vLLM engine failed to start"),
     "initializing-timeout": (TIMED_OUT, "Degraded", "InitializingTimeout"),
     "scaled-to-zero": (SCALED_TO_ZERO, "Suspended", "scaled to zero (spec.replicas is 0)"),
     "autoscaled-to-zero": (AUTOSCALED_TO_ZERO, "Suspended", "scaled to zero by the autoscaler"),
     "autoscaled-creating-is-progressing": (AUTOSCALED_CREATING, "Progressing", "Creating"),
-    "autoscaled-idle-but-serving": (AUTOSCALED_IDLE_BUT_SERVING, "Healthy", "Serve app running"),
+    "autoscaled-idle-but-serving": (AUTOSCALED_IDLE_BUT_SERVING, "Healthy", "replica(s) running"),
 }
 
 

@@ -44,7 +44,10 @@ NAMESPACED_RULES = {
     ("llmservice.dev", "llmservices"): {"get", "list", "watch", "patch"},
     ("llmservice.dev", "llmservices/status"): {"patch"},
     ("ray.io", "rayservices"): {"get", "list", "watch", "create", "patch"},
-    ("", "events"): {"create"},
+    ("ray.io", "rayclusters"): {"get", "patch"},
+    ("", "pods"): {"list"},
+    ("", "services/proxy"): {"get"},
+    ("", "events"): {"create", "list"},
     ("events.k8s.io", "events"): {"create"},
 }
 CRD_RULES = {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}

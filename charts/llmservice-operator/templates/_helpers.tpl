@@ -87,11 +87,28 @@ llmservice_operator/k8s.py and kopf's watches, patches and events.
 - apiGroups: ["ray.io"]
   resources: ["rayservices"]
   verbs: ["get", "list", "watch", "create", "patch"]
+# KubeRay v1.5 never passes worker-group sizes from a RayService on to its RayClusters: the
+# operator reads the RayService's clusters and patches only replicas/minReplicas/maxReplicas
+# (and workersToDelete on a scale-down). No create, no delete: KubeRay owns the clusters.
+- apiGroups: ["ray.io"]
+  resources: ["rayclusters"]
+  verbs: ["get", "patch"]
+# Which worker pods host no Serve replica, so a scale-down removes an idle one.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
+# Ray's own Serve state (running replicas, the version the app runs) from the head's dashboard
+# through the API server's service proxy: the read KubeRay itself makes with
+# --use-kubernetes-proxy. Status is built from it; nothing is ever sent but GET.
+- apiGroups: [""]
+  resources: ["services/proxy"]
+  verbs: ["get"]
 # Events about each apply and each rejected spec (core/v1 today; events.k8s.io is the same
-# Event storage under its newer API, so granting both adds no power).
+# Event storage under its newer API, so granting both adds no power). list: KubeRay's
+# InvalidRayServiceSpec Warning on a RayService is the only record that it refused it.
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create"]
+  verbs: ["create", "list"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create"]

@@ -397,7 +397,7 @@ class Condition(_Model):
 
     type: str = Field(description="Condition type: Ready, Progressing or Degraded.")
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
-    reason: str = Field(description="CamelCase reason (constants in llmservice_operator.status).")
+    reason: str = Field(description="CamelCase reason (llmservice_operator.status.Reason).")
     message: str = Field(default="", description="Human-readable detail.")
     observed_generation: int | None = Field(
         default=None, description="metadata.generation the condition was computed from."
@@ -406,7 +406,7 @@ class Condition(_Model):
 
 
 class LLMServiceStatus(_Model):
-    """Observed state, computed from the owned RayService."""
+    """Observed state: the RayService, its RayClusters and Ray Serve's own state."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -415,13 +415,21 @@ class LLMServiceStatus(_Model):
     observed_generation: int | None = Field(
         default=None, description="metadata.generation last reconciled."
     )
-    replicas: int | None = Field(default=None, description="Desired model replicas.")
-    ready_replicas: int | None = Field(default=None, description="Replicas serving traffic.")
+    replicas: int | None = Field(
+        default=None,
+        description="Model replicas wanted: spec.replicas, or Serve's current autoscaling target.",
+    )
+    ready_replicas: int | None = Field(
+        default=None,
+        description="Serve replicas of the model that Ray reports RUNNING (observed).",
+    )
     selector: str | None = Field(
         default=None, description="Label selector of the Ray pods (for the scale subresource)."
     )
     endpoint: str | None = Field(default=None, description="In-cluster OpenAI base URL.")
-    active_version: str | None = Field(default=None, description="Model version serving traffic.")
+    active_version: str | None = Field(
+        default=None, description="Model version the Serve app runs (set once it has settled)."
+    )
     pending_version: str | None = Field(
         default=None, description="Model version being rolled out, if any."
     )

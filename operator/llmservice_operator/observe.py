@@ -1,0 +1,170 @@
+"""What is really running, read from the objects and from Ray itself. Pure parsing, no I/O.
+
+KubeRay's RayService says which RayClusters are active and pending and whether the serve Service
+has endpoints; only Ray knows which Serve replicas run and which config they run. The operator
+reads Ray Serve's REST API (``GET /api/serve/applications/?api_type=declarative`` on the head's
+dashboard, through the API server's service proxy, the same call KubeRay makes with
+``--use-kubernetes-proxy``) and hands the parsed result to ``status`` and ``scale``. Anything
+that could not be read is ``None``: it counts as nothing running, never as the last thing seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from serve_app.naming import LLM_DEPLOYMENT_PREFIX
+
+
+class AppState(StrEnum):
+    """Ray Serve's ApplicationStatus values."""
+
+    NOT_STARTED = "NOT_STARTED"
+    DEPLOYING = "DEPLOYING"
+    DEPLOY_FAILED = "DEPLOY_FAILED"
+    RUNNING = "RUNNING"
+    UNHEALTHY = "UNHEALTHY"
+    DELETING = "DELETING"
+
+
+FAILED_APP_STATES = frozenset({AppState.DEPLOY_FAILED.value, AppState.UNHEALTHY.value})
+REPLICA_RUNNING = "RUNNING"
+DEPLOYMENT_HEALTHY = "HEALTHY"
+
+
+@dataclass(frozen=True)
+class Replica:
+    """One Serve replica of the model deployment."""
+
+    state: str
+    node_ip: str | None
+
+
+@dataclass(frozen=True)
+class ServeApp:
+    """One Serve application as Ray reports it."""
+
+    status: str
+    message: str
+    version: str | None  # model_version in the config Serve runs (deployed_app_config.args)
+    deployment_status: str | None  # the model (LLMServer) deployment's status
+    target_replicas: int | None
+    replicas: tuple[Replica, ...] = ()
+
+    @property
+    def running_replicas(self) -> int:
+        return sum(1 for r in self.replicas if r.state == REPLICA_RUNNING)
+
+    @property
+    def settled(self) -> bool:
+        """The app runs its deployed config: every deployment HEALTHY at its target."""
+        return self.status == AppState.RUNNING and self.deployment_status in (
+            None,
+            DEPLOYMENT_HEALTHY,
+        )
+
+    def replica_ips(self) -> set[str]:
+        return {r.node_ip for r in self.replicas if r.node_ip}
+
+
+@dataclass(frozen=True)
+class WorkerGroup:
+    name: str
+    replicas: int | None
+    min_replicas: int | None
+    max_replicas: int | None
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """One RayCluster of the RayService and what runs on it."""
+
+    name: str
+    groups: tuple[WorkerGroup, ...]
+    ready_workers: int  # worker pods Running and ready (KubeRay's readyWorkerReplicas)
+    failure: str | None  # KubeRay's ReplicaFailure condition or a failed state, with its message
+    head_service: str
+    serve: ServeApp | None = None  # None: Ray's Serve API did not answer (or no app yet)
+    worker_pods: tuple[tuple[str, str | None], ...] = ()  # (pod name, pod IP) of live workers
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Everything the status is built from, read in one reconcile."""
+
+    rayservice: Mapping[str, Any] | None
+    active: Cluster | None = None
+    pending: Cluster | None = None
+    kuberay_rejection: str | None = None  # KubeRay's InvalidRayService* event message
+    apply_error: str | None = None  # the API server refused our apply
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def cluster_names(rayservice: Mapping[str, Any] | None) -> tuple[str | None, str | None]:
+    """(active, pending) RayCluster names from KubeRay's RayService status."""
+    status = (rayservice or {}).get("status") or {}
+    active = (status.get("activeServiceStatus") or {}).get("rayClusterName") or None
+    pending = (status.get("pendingServiceStatus") or {}).get("rayClusterName") or None
+    return active, pending
+
+
+def parse_cluster(raycluster: Mapping[str, Any]) -> Cluster:
+    meta = raycluster.get("metadata") or {}
+    spec = raycluster.get("spec") or {}
+    status = raycluster.get("status") or {}
+    groups = tuple(
+        WorkerGroup(
+            name=str(g.get("groupName")),
+            replicas=g.get("replicas"),
+            min_replicas=g.get("minReplicas"),
+            max_replicas=g.get("maxReplicas"),
+        )
+        for g in spec.get("workerGroupSpecs") or []
+    )
+    failure = None
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "ReplicaFailure" and cond.get("status") == "True":
+            failure = f"{cond.get('reason', '')}: {cond.get('message', '')}".strip(" :")
+    if failure is None and status.get("state") == "failed":
+        failure = str(status.get("reason") or "RayCluster failed")
+    name = str(meta.get("name"))
+    head_service = ((status.get("head") or {}).get("serviceName")) or f"{name}-head-svc"
+    return Cluster(
+        name=name,
+        groups=groups,
+        ready_workers=int(status.get("readyWorkerReplicas") or 0),
+        failure=failure,
+        head_service=head_service,
+    )
+
+
+def parse_serve(details: Mapping[str, Any] | None, app_name: str) -> ServeApp | None:
+    """One application from Ray Serve's ``/api/serve/applications/`` answer."""
+    if not details:
+        return None
+    app = (details.get("applications") or {}).get(app_name)
+    if not isinstance(app, Mapping):
+        return None
+    config = app.get("deployed_app_config") or {}
+    version = (config.get("args") or {}).get("model_version")
+    model_dep: Mapping[str, Any] | None = None
+    for name, dep in (app.get("deployments") or {}).items():
+        if str(name).startswith(LLM_DEPLOYMENT_PREFIX) and isinstance(dep, Mapping):
+            model_dep = dep
+            break
+    replicas: tuple[Replica, ...] = ()
+    if model_dep is not None:
+        replicas = tuple(
+            Replica(state=str(r.get("state")), node_ip=r.get("node_ip"))
+            for r in model_dep.get("replicas") or []
+        )
+    return ServeApp(
+        status=str(app.get("status") or AppState.NOT_STARTED),
+        message=str(app.get("message") or ""),
+        version=None if version is None else str(version),
+        deployment_status=None if model_dep is None else str(model_dep.get("status")),
+        target_replicas=None if model_dep is None else model_dep.get("target_num_replicas"),
+        replicas=replicas,
+    )

@@ -1,0 +1,108 @@
+"""An in-memory stand-in for ``llmservice_operator.k8s.Kube``: reconcile() without a cluster.
+
+It keeps objects in dicts, applies JSON patches (test/add/replace, the ops the operator sends)
+and records every write and event, so tests assert on what the operator did.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import kopf
+
+
+def _walk(doc: Any, path: str) -> tuple[Any, str]:
+    parts = [p.replace("~1", "/").replace("~0", "~") for p in path.lstrip("/").split("/")]
+    for part in parts[:-1]:
+        doc = doc[int(part)] if isinstance(doc, list) else doc[part]
+    return doc, parts[-1]
+
+
+def json_patch(doc: dict[str, Any], ops: list[dict[str, Any]]) -> dict[str, Any]:
+    out = copy.deepcopy(doc)
+    for op in ops:
+        parent, key = _walk(out, op["path"])
+        index: Any = int(key) if isinstance(parent, list) else key
+        if op["op"] == "test":
+            if parent[index] != op["value"]:
+                raise kopf.TemporaryError(f"test failed at {op['path']}", delay=1)
+        elif op["op"] in ("add", "replace"):
+            parent[index] = copy.deepcopy(op["value"])
+        else:
+            raise AssertionError(f"unexpected op {op}")
+    return out
+
+
+class FakeKube:
+    def __init__(self) -> None:
+        self.rayservices: dict[tuple[str, str], dict[str, Any]] = {}
+        self.rayclusters: dict[tuple[str, str], dict[str, Any]] = {}
+        self.pods: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self.serve: dict[tuple[str, str], dict[str, Any]] = {}  # (ns, head service) -> details
+        self.statuses: list[dict[str, Any]] = []
+        self.events: list[tuple[str, str, str]] = []
+        self.cluster_patches: list[tuple[str, list[dict[str, Any]]]] = []
+        self.rejections: dict[str, str] = {}
+        self.apply_hook: Callable[[Mapping[str, Any]], None] | None = None
+
+    # --- the Kube facade -----------------------------------------------------------
+    def get_rayservice(self, namespace: str, name: str) -> dict[str, Any] | None:
+        obj = self.rayservices.get((namespace, name))
+        return copy.deepcopy(obj) if obj else None
+
+    def apply_rayservice(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        if self.apply_hook is not None:
+            self.apply_hook(obj)
+        meta = obj["metadata"]
+        key = (meta["namespace"], meta["name"])
+        live = self.rayservices.get(key, {"status": {}})
+        gen = int(live.get("metadata", {}).get("generation", 0)) + 1
+        new = copy.deepcopy(dict(obj))
+        new["metadata"] = {**new["metadata"], "generation": gen, "uid": f"uid-{meta['name']}"}
+        new["status"] = live.get("status", {})
+        self.rayservices[key] = new
+        return copy.deepcopy(new)
+
+    def get_raycluster(self, namespace: str, name: str) -> dict[str, Any] | None:
+        obj = self.rayclusters.get((namespace, name))
+        return copy.deepcopy(obj) if obj else None
+
+    def patch_raycluster(
+        self, namespace: str, name: str, ops: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        self.cluster_patches.append((name, ops))
+        patched = json_patch(self.rayclusters[(namespace, name)], ops)
+        self.rayclusters[(namespace, name)] = patched
+        return copy.deepcopy(patched)
+
+    def worker_pods(self, namespace: str, cluster: str) -> list[dict[str, Any]]:
+        return copy.deepcopy(self.pods.get((namespace, cluster), []))
+
+    def serve_details(self, namespace: str, head_service: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.serve.get((namespace, head_service)))
+
+    def kuberay_rejection(self, namespace: str, uid: str) -> str | None:
+        return self.rejections.get(uid)
+
+    def post_event(
+        self, involved: Mapping[str, Any], event_type: str, reason: str, message: str
+    ) -> None:
+        self.events.append((event_type, reason, message))
+
+    def patch_llmservice_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        self.statuses.append(copy.deepcopy(dict(status)))
+
+    # --- test helpers --------------------------------------------------------------
+    def add_cluster(
+        self, namespace: str, name: str, groups: list[dict[str, Any]], ready_workers: int = 0
+    ) -> None:
+        self.rayclusters[(namespace, name)] = {
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"workerGroupSpecs": copy.deepcopy(groups)},
+            "status": {
+                "readyWorkerReplicas": ready_workers,
+                "head": {"serviceName": f"{name}-head-svc"},
+            },
+        }

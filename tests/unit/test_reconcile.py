@@ -1,0 +1,153 @@
+"""reconcile() against an in-memory Kube: what it applies, scales, reports and raises."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import kopf
+import pytest
+
+from llmservice_operator.reconcile import reconcile
+from tests.unit.examples import example_services
+from tests.unit.fake_kube import FakeKube
+from tests.unit.test_scale import SERVE_DETAILS
+
+NS = "ns"
+
+
+def tiny(replicas: int = 1, **spec: Any) -> dict[str, Any]:
+    obj = copy.deepcopy(example_services()["tiny"])
+    obj["metadata"] = {"name": "tiny", "namespace": NS, "uid": "u1", "generation": 1}
+    obj["spec"].update(replicas=replicas, **spec)
+    return obj
+
+
+def kuberay_acts(kube: FakeKube, active: str | None = "tiny-a", pending: str | None = None,
+                 upgrading: bool = False, ready: bool = True) -> None:  # fmt: skip
+    """What KubeRay would write into the RayService's status."""
+    rs = kube.rayservices[(NS, "tiny")]
+    rs["status"] = {
+        "observedGeneration": rs["metadata"]["generation"],
+        "conditions": [
+            {"type": "Ready", "status": str(ready), "reason": "NonZeroServeEndpoints"},
+            {"type": "UpgradeInProgress", "status": str(upgrading), "reason": "x"},
+        ],
+        "activeServiceStatus": {"rayClusterName": active, "applicationStatuses": {"llm": {}}}
+        if active
+        else {},
+        "pendingServiceStatus": {"rayClusterName": pending} if pending else {},
+    }
+
+
+def serve_on(kube: FakeKube, cluster: str, running: int, target: int, version: str = "v1") -> None:
+    details = copy.deepcopy(SERVE_DETAILS)
+    app = details["applications"]["llm"]
+    app["deployed_app_config"]["args"]["model_version"] = version
+    dep = app["deployments"]["LLMServer:tiny-llama"]
+    dep["target_num_replicas"] = target
+    dep["replicas"] = [{"state": "RUNNING", "node_ip": f"10.250.0.{i + 2}"} for i in range(running)]
+    kube.serve[(NS, f"{cluster}-head-svc")] = details
+
+
+def cpu_group(replicas: int) -> dict[str, Any]:
+    return {"groupName": "cpu", "replicas": replicas, "minReplicas": replicas,
+            "maxReplicas": replicas, "template": {}}  # fmt: skip
+
+
+def test_create_applies_the_rayservice_and_reports_creating() -> None:
+    kube = FakeKube()
+    status = reconcile(kube, tiny(), "create")
+    assert (NS, "tiny") in kube.rayservices
+    assert status["phase"] == "Pending" and status["readyReplicas"] == 0
+    assert kube.events[0][:2] == ("Normal", "Applied")
+
+
+def test_scale_up_reaches_the_raycluster_and_status_waits_for_serve() -> None:
+    kube = FakeKube()
+    reconcile(kube, tiny(replicas=1), "create")
+    kuberay_acts(kube)
+    kube.add_cluster(NS, "tiny-a", [cpu_group(1)], ready_workers=1)
+    serve_on(kube, "tiny-a", running=1, target=1)
+    status = reconcile(kube, tiny(replicas=2), "update")
+    group = kube.rayclusters[(NS, "tiny-a")]["spec"]["workerGroupSpecs"][0]
+    assert (group["replicas"], group["minReplicas"], group["maxReplicas"]) == (2, 2, 2)
+    assert any(e[1] == "Scaled" and "replicas 1->2" in e[2] for e in kube.events)
+    progressing = status["conditions"][1]
+    assert (progressing["status"], progressing["reason"]) == ("True", "WaitingForKubeRay")
+    kuberay_acts(kube)  # KubeRay took the new serve config; Serve still runs one replica
+    status = reconcile(kube, tiny(replicas=2), "resync")
+    assert status["readyReplicas"] == 1  # what runs, not what was asked for
+    progressing = status["conditions"][1]
+    assert (progressing["status"], progressing["reason"]) == ("True", "Scaling")
+
+
+def test_scale_down_waits_for_serve_then_deletes_the_idle_worker() -> None:
+    kube = FakeKube()
+    reconcile(kube, tiny(replicas=2), "create")
+    kuberay_acts(kube)
+    kube.add_cluster(NS, "tiny-a", [cpu_group(2)], ready_workers=2)
+    kube.pods[(NS, "tiny-a")] = [
+        {"name": "w1", "ip": "10.250.0.2", "group": "cpu"},
+        {"name": "w2", "ip": "10.250.0.3", "group": "cpu"},
+    ]
+    serve_on(kube, "tiny-a", running=2, target=2)
+    reconcile(kube, tiny(replicas=1), "update")
+    assert kube.cluster_patches == []  # Serve still runs two replicas: keep both pods
+    serve_on(kube, "tiny-a", running=1, target=1)  # Serve let go of the one on 10.250.0.3
+    reconcile(kube, tiny(replicas=1), "update")
+    group = kube.rayclusters[(NS, "tiny-a")]["spec"]["workerGroupSpecs"][0]
+    assert group["replicas"] == 1
+    assert group["scaleStrategy"] == {"workersToDelete": ["w2"]}
+
+
+def test_during_an_upgrade_only_the_pending_cluster_is_sized() -> None:
+    kube = FakeKube()
+    reconcile(kube, tiny(replicas=1), "create")
+    kuberay_acts(kube, active="tiny-a", pending="tiny-b", upgrading=True)
+    kube.add_cluster(NS, "tiny-a", [cpu_group(1)], ready_workers=1)
+    kube.add_cluster(NS, "tiny-b", [cpu_group(1)], ready_workers=0)
+    reconcile(kube, tiny(replicas=2), "update")
+    assert [name for name, _ in kube.cluster_patches] == ["tiny-b"]
+
+
+def test_an_apply_the_api_server_refuses_is_apply_failed_and_retried() -> None:
+    kube = FakeKube()
+
+    def refuse(_: Any) -> None:
+        raise kopf.PermanentError("apply RayService ns/tiny: HTTP 403 forbidden")
+
+    kube.apply_hook = refuse
+    with pytest.raises(kopf.TemporaryError) as raised:
+        reconcile(kube, tiny(), "create", attempt=3)
+    assert raised.value.delay is not None and 2.5 <= raised.value.delay <= 40
+    ready = kube.statuses[-1]["conditions"][0]
+    assert (ready["status"], ready["reason"]) == ("False", "ApplyFailed")
+    assert "403" in ready["message"]
+    assert kube.events[-1][:2] == ("Warning", "ApplyFailed")
+
+
+def test_kuberay_rejection_becomes_degraded() -> None:
+    kube = FakeKube()
+    reconcile(kube, tiny(), "create")
+    rs = kube.rayservices[(NS, "tiny")]
+    rs["status"] = {"observedGeneration": 0}
+    kube.rejections[rs["metadata"]["uid"]] = "InvalidRayServiceSpec: bad"
+    status = reconcile(kube, tiny(), "resync")
+    degraded = status["conditions"][2]
+    assert (degraded["status"], degraded["reason"], degraded["message"]) == (
+        "True", "ValidationFailed", "InvalidRayServiceSpec: bad",
+    )  # fmt: skip
+
+
+def test_an_unchanged_world_writes_nothing() -> None:
+    kube = FakeKube()
+    reconcile(kube, tiny(), "create")
+    kuberay_acts(kube)
+    kube.add_cluster(NS, "tiny-a", [cpu_group(1)], ready_workers=1)
+    serve_on(kube, "tiny-a", running=1, target=1)
+    body = tiny()
+    body["status"] = reconcile(kube, body, "resync")
+    writes = len(kube.statuses)
+    reconcile(kube, body, "resync")
+    assert len(kube.statuses) == writes and kube.cluster_patches == []
