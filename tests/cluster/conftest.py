@@ -3,6 +3,11 @@
 Set LLMSERVICE_CLUSTER_DIR to the --dir of a cluster started with
 `python -m tests.cluster.harness up` to run the tests against it (fast
 edit-test loops); it is then left running.
+
+When a test that used the `namespace` fixture fails, the namespace's LLMServices, RayServices,
+RayClusters, Pods, Services and Events are dumped as YAML (tests/cluster/dump.py): in full to
+<cluster log dir>/dumps/<test>.yaml, and shortened into the test's failure report ("cluster
+dump" section). The dump is taken right after the failing phase, before any teardown.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
+from tests.cluster.dump import dump_file_name, write_namespace_dump
 from tests.cluster.harness import ClusterError, LocalCluster, wait_for
 
 _FAILED = pytest.StashKey[bool]()
@@ -32,7 +38,24 @@ def pytest_runtest_makereport(
     report = yield
     if report.failed:
         item.config.stash[_FAILED] = True
+        if report.when in ("setup", "call"):
+            _dump_namespace(item, report)
     return report
+
+
+def _dump_namespace(item: pytest.Item, report: pytest.TestReport) -> None:
+    """The failed test's namespace as YAML: a file in the cluster's log dir and a report section.
+
+    Runs in makereport, so before teardown: the namespace and everything in it still exist.
+    """
+    namespace = getattr(item, "funcargs", {}).get("namespace")
+    cluster = item.config.stash.get(_CLUSTER, None)
+    if not isinstance(namespace, str) or cluster is None or cluster.ports is None:
+        return
+    path = cluster.log_dir / "dumps" / dump_file_name(item.nodeid)
+    report.sections.append(
+        ("cluster dump", write_namespace_dump(cluster.api_client, namespace, path))
+    )
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -45,6 +68,9 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     terminalreporter.write_sep("=", "local cluster logs (tails)")
     terminalreporter.write_line(tails)
     terminalreporter.write_line(f"full logs: {cluster.log_dir}")
+    dumps = cluster.log_dir / "dumps"
+    if dumps.is_dir():
+        terminalreporter.write_line(f"failed tests' namespaces (YAML): {dumps}")
 
 
 @pytest.fixture(scope="session")

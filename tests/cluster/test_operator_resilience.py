@@ -1,5 +1,11 @@
 """The operator under stress: no needless writes, no fight with Ray's autoscaler, crashes and
-API server restarts, on the real control plane."""
+API server restarts, on the real control plane.
+
+"Nothing was written" is asserted only once the operator's own /metrics show that it reconciled
+the LLMService again (llmservice_reconciles_total), so each such test waits for evidence, never
+for a fixed time. The module's operator is cluster-wide, so those tests first wait until their
+namespace holds the only LLMServices in the cluster: then every reconcile it counts is theirs.
+"""
 
 from __future__ import annotations
 
@@ -17,9 +23,14 @@ from llmservice_operator.validate import parse
 from tests.cluster.harness import LocalCluster, wait_for
 from tests.cluster.objects import RAY, get_rs, llmservice, worker_group
 from tests.cluster.operator_process import (
+    APPLIES,
+    RECONCILES,
+    RESYNC_PASSES,
     TIMER_INTERVAL_S,
+    Metrics,
     OperatorProcess,
     running_operator,
+    writes,
 )
 
 pytestmark = pytest.mark.cluster
@@ -27,7 +38,7 @@ pytestmark = pytest.mark.cluster
 
 @pytest.fixture(scope="module")
 def operator(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator[OperatorProcess]:
-    with running_operator(cluster, request, "operator-resilience") as proc:
+    with running_operator(cluster, request, "operator-resilience", metrics=True) as proc:
         yield proc
 
 
@@ -41,6 +52,59 @@ def _create(api: client.CustomObjectsApi, obj: dict[str, Any]) -> None:
     api.create_namespaced_custom_object(c.GROUP, c.VERSION, ns, c.PLURAL, obj)
 
 
+# Two resync intervals, and the time a slow reconcile may take on 2 busy cores.
+RECONCILES_TIMEOUT_S = 2 * TIMER_INTERVAL_S + 40
+
+
+def _only_llmservices_in(api: client.CustomObjectsApi, namespace: str) -> None:
+    """Wait until no LLMService exists outside `namespace` (earlier tests' namespaces are deleted
+    without waiting): from then on the operator's counters count only this test's objects."""
+    others: list[str] = []
+
+    def alone() -> bool:
+        listed: Any = api.list_cluster_custom_object(c.GROUP, c.VERSION, c.PLURAL)
+        items: list[dict[str, Any]] = listed["items"]
+        others[:] = [
+            f"{o['metadata']['namespace']}/{o['metadata']['name']}"
+            for o in items
+            if o["metadata"]["namespace"] != namespace
+        ]
+        return not others
+
+    try:
+        wait_for("no LLMService outside the test's namespace", alone, 120)
+    except TimeoutError:
+        raise AssertionError(f"other LLMServices would be counted too: {others}") from None
+
+
+def _wait_reconciles(operator: OperatorProcess, before: Metrics, count: int, what: str) -> Metrics:
+    """Until `count` more reconciles ended well than in `before`, and two more completed resync
+    passes: the periodic path ran too, not just event-triggered reconciles."""
+    ok = before.value(RECONCILES, result="ok")
+    passes = before.value(RESYNC_PASSES, outcome="ok") if before.has(RESYNC_PASSES) else 0
+
+    def enough(m: Metrics) -> bool:
+        if not m.has(RESYNC_PASSES) or m.value(RESYNC_PASSES, outcome="ok") < passes + 2:
+            return False
+        return m.value(RECONCILES, result="ok") >= ok + count
+
+    return operator.wait_metrics(what, enough, RECONCILES_TIMEOUT_S)
+
+
+def _applied_events(core: client.CoreV1Api, namespace: str, name: str) -> list[str]:
+    events = core.list_namespaced_event(namespace).items
+    return [
+        str(e.message) for e in events if e.reason == "Applied" and e.involved_object.name == name
+    ]
+
+
+def _items(
+    api: client.CustomObjectsApi, group: str, version: str, namespace: str, plural: str
+) -> list[dict[str, Any]]:
+    listed: Any = api.list_namespaced_custom_object(group, version, namespace, plural)
+    return list(listed["items"])
+
+
 def _operator_write_time(rs: dict[str, Any]) -> str | None:
     for entry in rs["metadata"].get("managedFields") or []:
         if entry.get("manager") == c.FIELD_MANAGER and entry.get("operation") == "Apply":
@@ -49,20 +113,34 @@ def _operator_write_time(rs: dict[str, Any]) -> str | None:
 
 
 def test_unchanged_spec_writes_nothing(
-    operator: OperatorProcess, api: client.CustomObjectsApi, namespace: str
+    operator: OperatorProcess,
+    api: client.CustomObjectsApi,
+    core: client.CoreV1Api,
+    namespace: str,
 ) -> None:
+    _only_llmservices_in(api, namespace)
+    before = operator.metrics()
     _create(api, llmservice(namespace))
     rs = wait_for("RayService", lambda: get_rs(api, namespace, "llama"), 60)
     first = _operator_write_time(rs)
     assert first is not None
-    time.sleep(2.5 * TIMER_INTERVAL_S)  # two timer passes and KubeRay status churn
-    rs = get_rs(api, namespace, "llama")
-    assert rs is not None and _operator_write_time(rs) == first
+    # Every reconcile counted from here is of this LLMService: the first applied (and counts
+    # itself after that), the next two had the unchanged spec in hand and the RayService to
+    # compare it with. They come from the resync and from KubeRay's writes of the RayService.
+    after = _wait_reconciles(operator, before, 3, "two reconciles after the one that applied")
+    applies = after.value(APPLIES) - before.value(APPLIES)
+    assert applies == 1, f"{applies:g} applies for one create and no change: {after}"
+    applied = _applied_events(core, namespace, "llama")
+    assert len(applied) == 1, applied
+    now = get_rs(api, namespace, "llama")
+    assert now is not None and _operator_write_time(now) == first
 
 
 def test_autoscaled_worker_counts_are_left_to_ray(
     operator: OperatorProcess, api: client.CustomObjectsApi, namespace: str
 ) -> None:
+    _only_llmservices_in(api, namespace)
+    start = operator.metrics()
     _create(
         api,
         llmservice(namespace, replicas=None, autoscaling={"minReplicas": 1, "maxReplicas": 3}),
@@ -72,30 +150,33 @@ def test_autoscaled_worker_counts_are_left_to_ray(
     # KubeRay names the RayCluster in its status before it creates it: wait for the object.
     cluster_name = wait_for(
         "RayCluster created by KubeRay",
-        lambda: [
-            r["metadata"]["name"]
-            for r in api.list_namespaced_custom_object(*RAY, namespace, "rayclusters")["items"]
-        ],
+        lambda: [r["metadata"]["name"] for r in _items(api, *RAY, namespace, "rayclusters")],
         60,
     )[0]
+    before = operator.wait_metrics(
+        "the create's apply counted", lambda m: m.value(APPLIES) >= start.value(APPLIES) + 1
+    )
     # What Ray's autoscaler does under load: raise the RayCluster's worker replicas.
     api.patch_namespaced_custom_object(
         *RAY, namespace, "rayclusters", cluster_name,
         [{"op": "replace", "path": "/spec/workerGroupSpecs/0/replicas", "value": 3}],
         _content_type="application/json-patch+json",
     )  # fmt: skip
-    time.sleep(2.5 * TIMER_INTERVAL_S)
-    cluster = api.get_namespaced_custom_object(*RAY, namespace, "rayclusters", cluster_name)
+    # A resync and an event-triggered reconcile may overlap, so up to two counted from here
+    # began before the patch; the third began after it.
+    after = _wait_reconciles(operator, before, 3, "three reconciles after the scale-up")
+    assert writes(after) == writes(before), "wrote over the autoscaler's scale-up"
+    cluster: Any = api.get_namespaced_custom_object(*RAY, namespace, "rayclusters", cluster_name)
     assert cluster["spec"]["workerGroupSpecs"][0]["replicas"] == 3
-    rs = get_rs(api, namespace, "llama")
-    assert rs is not None
-    owned = [e for e in rs["metadata"]["managedFields"] if e.get("manager") == c.FIELD_MANAGER]
+    now = get_rs(api, namespace, "llama")
+    assert now is not None
+    owned = [e for e in now["metadata"]["managedFields"] if e.get("manager") == c.FIELD_MANAGER]
     assert all("f:replicas" not in str(e.get("fieldsV1")) for e in owned)
 
 
 def _converged(api: client.CustomObjectsApi, namespace: str) -> bool:
-    services = api.list_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.PLURAL)["items"]
-    rayservices = api.list_namespaced_custom_object(*RAY, namespace, "rayservices")["items"]
+    services = _items(api, c.GROUP, c.VERSION, namespace, c.PLURAL)
+    rayservices = _items(api, *RAY, namespace, "rayservices")
     live = {s["metadata"]["uid"]: s for s in services if not s["metadata"].get("deletionTimestamp")}
     by_name = {r["metadata"]["name"]: r for r in rayservices}
     for svc in live.values():
@@ -120,6 +201,8 @@ def test_sigkill_during_a_burst_converges(
     kills = 0
     actions = 0
     for round_ in range(20):
+        # The (re)started operator is up and watching: its counters start from here.
+        base = operator.wait_serving().value(RECONCILES)
         for name in rng.sample(names, 3):
             obj = llmservice(namespace, name=name, replicas=rng.randint(1, 3))
             change = {"spec": {"replicas": rng.randint(1, 3), "model": {"version": f"v{round_}"}}}
@@ -139,7 +222,16 @@ def test_sigkill_during_a_burst_converges(
                         _content_type="application/merge-patch+json",
                     )  # fmt: skip
             actions += 1
-        time.sleep(rng.uniform(0.0, 1.5))  # somewhere inside a reconcile, or between
+        # Kill after its k-th reconcile from here (resumes and this round's changes): with more
+        # on its queue, mostly in the middle of the next one; k=0 as the changes arrive.
+        k = rng.randint(0, 2)
+
+        def reached(m: Metrics, target: float = base + k) -> bool:
+            return m.value(RECONCILES) >= target
+
+        operator.wait_metrics(
+            f"round {round_}: {k} reconciles before the kill", reached, RECONCILES_TIMEOUT_S
+        )
         operator.kill()
         kills += 1
         operator.start()
@@ -147,7 +239,7 @@ def test_sigkill_during_a_burst_converges(
     wait_for(
         "every LLMService converged after the crashes", lambda: _converged(api, namespace), 120
     )
-    rayservices = api.list_namespaced_custom_object(*RAY, namespace, "rayservices")["items"]
+    rayservices = _items(api, *RAY, namespace, "rayservices")
     print(
         f"\ncrash test: {kills} SIGKILLs during {actions} creates/updates/deletes; "
         f"{len(rayservices)} RayServices; converged {time.monotonic() - began:.1f}s "

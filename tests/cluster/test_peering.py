@@ -1,9 +1,17 @@
-"""Two operator replicas with kopf peering: one acts, the other stands by, and takes over."""
+"""Two operator replicas with kopf peering: one acts, the other stands by, and takes over.
+
+"The standby did nothing" is only worth asserting once the standby provably had its chances:
+kopf pauses its event handlers, and our own resync loop (reconcile.py, `_resync_forever`) asks
+`outranked()` on every pass and skips the pass while a higher-priority peer lives. The standby's
+counters must stay flat while its resync loop completes passes after the object exists
+(`llmservice_resync_passes_total{outcome="standby"}`, counted after each pass).
+"""
 
 from __future__ import annotations
 
-import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -12,7 +20,17 @@ from kubernetes import client
 from llmservice_operator import constants as c
 from tests.cluster.harness import LocalCluster, wait_for
 from tests.cluster.objects import get_rs, llmservice
-from tests.cluster.operator_process import OperatorProcess, install_llmservice_crd
+from tests.cluster.operator_process import (
+    APPLIES,
+    RECONCILE_ERRORS,
+    RECONCILES,
+    RESYNC_PASSES,
+    TIMER_INTERVAL_S,
+    Metrics,
+    OperatorProcess,
+    install_llmservice_crd,
+    writes,
+)
 
 pytestmark = pytest.mark.cluster
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,6 +47,13 @@ def _install_peering(api_client: client.ApiClient) -> None:
                 _content_type="application/apply-patch+yaml",
             )  # fmt: skip
     custom = client.CustomObjectsApi(api_client)
+    # A fresh peering object: one left by an earlier run against a reused cluster
+    # (LLMSERVICE_CLUSTER_DIR) would still list its killed leader.
+    try:
+        custom.delete_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", PEERING)
+    except client.exceptions.ApiException as exc:
+        if exc.status != 404:
+            raise
     body = {
         "apiVersion": "kopf.dev/v1",
         "kind": "ClusterKopfPeering",
@@ -41,58 +66,105 @@ def _install_peering(api_client: client.ApiClient) -> None:
     )
 
 
-def test_only_the_leader_acts_and_the_standby_takes_over(
-    cluster: LocalCluster, namespace: str
-) -> None:
+@pytest.fixture(scope="module")
+def peers(
+    cluster: LocalCluster, request: pytest.FixtureRequest
+) -> Iterator[tuple[OperatorProcess, OperatorProcess]]:
+    """(leader, standby): both announced in the peering object, the standby paused.
+
+    Module-scoped: the take-over test, last in this module, kills the leader.
+    """
     install_llmservice_crd(cluster.api_client)
     _install_peering(cluster.api_client)
     peering = ["--peering", PEERING]
     leader = OperatorProcess(
-        cluster, "peer-leader", *peering, "--priority", "200", standalone=False
+        cluster, "peer-leader", *peering, "--priority", "200", standalone=False, metrics=True
     )
     standby = OperatorProcess(
-        cluster, "peer-standby", *peering, "--priority", "100", standalone=False
+        cluster, "peer-standby", *peering, "--priority", "100", standalone=False, metrics=True
     )
     custom = client.CustomObjectsApi(cluster.api_client)
     leader.start()
     standby.start()
+    failed_before = request.session.testsfailed
     try:
         # Both announced in the peering object, and the standby has paused (kopf pauses a peer
         # once it sees a higher priority; an object created before that could be handled twice).
-        wait_for(
-            "two peers in the peering object",
-            lambda: (
-                len(
-                    custom.get_cluster_custom_object(
-                        "kopf.dev", "v1", "clusterkopfpeerings", PEERING
-                    ).get("status", {})
-                )
-                == 2
-            ),
-            90,
-        )
-        wait_for("standby paused", lambda: "Pausing operations" in standby.log.read_text(), 30)
-        # Objects left by earlier tests may be handled by both peers while they start up;
-        # from here on the standby must do nothing.
-        standby_log_start = len(standby.log.read_text(errors="replace"))
-        custom.create_namespaced_custom_object(
-            c.GROUP, c.VERSION, namespace, c.PLURAL, llmservice(namespace, name="first")
-        )
-        wait_for("RayService by the leader", lambda: get_rs(custom, namespace, "first"), 60)
-        time.sleep(12)  # two resync intervals: a standby that acted would have done so by now
-        events = client.CoreV1Api(cluster.api_client).list_namespaced_event(namespace).items
-        applied = [e for e in events if e.reason == "Applied" and e.involved_object.name == "first"]
-        assert len(applied) == 1, [e.message for e in applied]
-        since = standby.log.read_text(errors="replace")[standby_log_start:]
-        assert "Handler 'on_llmservice' is invoked" not in since
-        assert "resync of" not in since
+        def two_peers() -> bool:
+            got: Any = custom.get_cluster_custom_object(
+                "kopf.dev", "v1", "clusterkopfpeerings", PEERING
+            )
+            return len(got.get("status") or {}) == 2
 
-        leader.kill()
-        custom.create_namespaced_custom_object(
-            c.GROUP, c.VERSION, namespace, c.PLURAL, llmservice(namespace, name="second")
-        )
-        # kopf's default peer lifetime is 60 s: the standby resumes once the leader expires.
-        wait_for("the standby takes over", lambda: get_rs(custom, namespace, "second"), 150)
+        wait_for("two peers in the peering object", two_peers, 90)
+        wait_for("standby paused", lambda: "Pausing operations" in standby.log.read_text(), 30)
+        leader.wait_serving()
+        standby.wait_serving()
+        yield leader, standby
     finally:
         leader.stop()
         standby.stop()
+        if request.session.testsfailed > failed_before:
+            for proc in (leader, standby):
+                print(f"\n--- {proc.name} log (tail) ---\n{proc.tail()}")
+
+
+def _activity(m: Metrics) -> dict[str, float]:
+    """Everything an operator counts when it acts on an LLMService."""
+    return {name: m.value(name) for name in (RECONCILES, RECONCILE_ERRORS)} | writes(m)
+
+
+def test_only_the_leader_acts(
+    peers: tuple[OperatorProcess, OperatorProcess], cluster: LocalCluster, namespace: str
+) -> None:
+    _, standby = peers
+    # The standby's first resync pass (a skipped one) is over: its loop runs and is counted.
+    standby.wait_metrics(
+        "the standby's first resync pass", lambda m: m.has(RESYNC_PASSES), 4 * TIMER_INTERVAL_S
+    )
+    custom = client.CustomObjectsApi(cluster.api_client)
+    # Objects left by earlier tests may have been handled by both peers while they started up;
+    # from here on the standby must do nothing.
+    idle = _activity(standby.metrics())
+    custom.create_namespaced_custom_object(
+        c.GROUP, c.VERSION, namespace, c.PLURAL, llmservice(namespace, name="first")
+    )
+    wait_for("RayService by the leader", lambda: get_rs(custom, namespace, "first"), 60)
+    # Each pass is counted once it is over, so the second pass counted after this read began
+    # after it, when "first" existed: an unpaused standby would have reconciled it by then. Its
+    # kopf handlers, had they not been paused, would have reacted to the create at the time the
+    # leader's did, well before that.
+    before = standby.metrics()
+    after = standby.wait_metrics(
+        "two resync passes after the create",
+        lambda m: m.value(RESYNC_PASSES) >= before.value(RESYNC_PASSES) + 2,
+        4 * TIMER_INTERVAL_S + 30,
+    )
+    passes = after.value(RESYNC_PASSES) - before.value(RESYNC_PASSES)
+    skipped = after.value(RESYNC_PASSES, outcome="standby") - before.value(
+        RESYNC_PASSES, outcome="standby"
+    )
+    assert skipped == passes, f"the standby ran {passes - skipped:g} resync passes under a leader"
+    assert _activity(after) == idle, "the standby reconciled while a leader was alive"
+    events = client.CoreV1Api(cluster.api_client).list_namespaced_event(namespace).items
+    applied = [e for e in events if e.reason == "Applied" and e.involved_object.name == "first"]
+    assert len(applied) == 1, [e.message for e in applied]
+
+
+def test_the_standby_takes_over_when_the_leader_dies(
+    peers: tuple[OperatorProcess, OperatorProcess], cluster: LocalCluster, namespace: str
+) -> None:
+    leader, standby = peers
+    custom = client.CustomObjectsApi(cluster.api_client)
+    created = standby.metrics().value(APPLIES, action="created")
+    leader.kill()
+    custom.create_namespaced_custom_object(
+        c.GROUP, c.VERSION, namespace, c.PLURAL, llmservice(namespace, name="second")
+    )
+    # kopf's default peer lifetime is 60 s: the standby resumes once the leader expires.
+    wait_for("the standby takes over", lambda: get_rs(custom, namespace, "second"), 150)
+    standby.wait_metrics(
+        "the standby counts its apply",
+        lambda m: m.value(APPLIES, action="created") >= created + 1,
+        30,
+    )
