@@ -1,101 +1,83 @@
 #!/usr/bin/env bash
-# The demo's stand-in for the Ray pods: one real Ray node (head + Serve + vLLM on CPU) in a network
-# namespace made here, whose address the KWOK-simulated Ray pods are given. The real KubeRay
-# operator then does what it does in a real cluster: submits the rendered serveConfigV2 to this
-# node's dashboard (through the API server's proxy), watches the Serve app, and routes the serve
-# Service to it. Nothing leaves the machine: the namespace's address sits on a veth pair.
+# The demo's Ray pods, run for real: tests/support/raypods.py gives every KubeRay pod of the
+# LLMService (the head, and each worker, which joins that head) its own real Ray node in its own
+# network namespace, with its own address on a host bridge (llmsvc-br0, 10.250.0.0/16) written
+# into the pod's status.podIP. The real KubeRay operator then does what it does in a real cluster:
+# submits the rendered serveConfigV2 to the head's dashboard (through the API server's proxy),
+# watches the Serve app, and routes the serve Service to the pods. Nothing leaves the machine:
+# the addresses sit on veth pairs behind the bridge.
 #
-#   hack/demo-ray-node.sh up            # netns + Ray head (background); waits for its dashboard
-#   hack/demo-ray-node.sh adopt NAME    # keep the pods of LLMService NAME on this node's address
-#   hack/demo-ray-node.sh down          # stop Ray, remove the namespace
+#   hack/demo-ray-node.sh up NAME   # the runner, in the background, for LLMService NAME's pods
+#                                   # (needs KUBECONFIG); returns once it watches them
+#   hack/demo-ray-node.sh logs      # the ends of the runner's and the Ray nodes' logs
+#   hack/demo-ray-node.sh down      # stop the runner: its Ray nodes, namespaces and the bridge
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-NS=llmsvc-demo
-HOST_IF=llmsvc-h
-NODE_IF=llmsvc-n
-HOST_IP=10.250.0.1
-NODE_IP=10.250.0.2
 dir=$PWD/.cache/demo
-kubectl=$PWD/bin/kubectl
+log_dir=$PWD/.cache/raypods
+py=$PWD/.venv/bin/python
+namespace=${DEMO_NAMESPACE:-default}
+# The pods mount the model at spec.model.source; each Ray node gets the same view of it.
+model_mount=${DEMO_MODEL_MOUNT:-$PWD/.cache/tiny-model:/models/tiny-llama}
 die() { echo "demo-ray-node: $*" >&2; exit 1; }
 
-netns_up() {
-  [ "$(id -u)" = 0 ] || die "needs root (ip netns, mount): run as root or skip the serving part"
-  command -v ip >/dev/null || die "iproute2's 'ip' not found (apt-get install iproute2)"
-  ip netns list | grep -qw "$NS" || ip netns add "$NS"
-  if ! ip link show "$HOST_IF" >/dev/null 2>&1; then
-    ip link add "$HOST_IF" type veth peer name "$NODE_IF"
-    ip link set "$NODE_IF" netns "$NS"
-    ip addr add "$HOST_IP/30" dev "$HOST_IF"
-    ip netns exec "$NS" ip addr add "$NODE_IP/30" dev "$NODE_IF"
-  fi
-  ip link set "$HOST_IF" up
-  ip netns exec "$NS" ip link set "$NODE_IF" up
-  ip netns exec "$NS" ip link set lo up
-}
+runner_alive() { [ -f "$dir/raypods.pid" ] && kill -0 "$(cat "$dir/raypods.pid")" 2>/dev/null; }
 
-ray_up() {
-  mkdir -p "$dir"
-  if [ -f "$dir/ray.pid" ] && kill -0 "$(cat "$dir/ray.pid")" 2>/dev/null; then
-    echo "Ray node already running (pid $(cat "$dir/ray.pid"))"; return
-  fi
-  # The pods mount the model at spec.model.source (/models/tiny-llama); a private mount
-  # namespace gives the Ray node the same view of .cache/tiny-model.
-  mkdir -p /models/tiny-llama
-  cat >"$dir/ray-node.sh" <<SH
-#!/usr/bin/env bash
-set -e
-mount --make-rprivate /
-mount --bind "$PWD/.cache/tiny-model" /models/tiny-llama
-export PYTHONPATH="$PWD" RAY_AUTH_MODE=disabled VLLM_CPU_KVCACHE_SPACE=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-exec "$PWD/.venv/bin/ray" start --head --block --node-ip-address=$NODE_IP --port=6379 \\
-  --dashboard-host=0.0.0.0 --dashboard-port=8265 --num-cpus=8 --num-gpus=0 \\
-  --disable-usage-stats --temp-dir=/tmp/llmsvc-demo-ray
-SH
-  chmod +x "$dir/ray-node.sh"
-  setsid ip netns exec "$NS" unshare -m "$dir/ray-node.sh" >"$dir/ray-node.log" 2>&1 &
-  echo $! >"$dir/ray.pid"
-  for _ in $(seq 1 90); do
-    curl -s -m 2 --noproxy '*' "http://$NODE_IP:8265/api/version" >/dev/null && { echo "Ray node up at $NODE_IP (log $dir/ray-node.log)"; return; }
-    kill -0 "$(cat "$dir/ray.pid")" 2>/dev/null || die "Ray node exited (see $dir/ray-node.log)"
-    sleep 2
-  done
-  die "Ray dashboard not answering at $NODE_IP:8265 within 180s (see $dir/ray-node.log)"
-}
-
-adopt() {  # runs until killed: KubeRay may recreate pods, and KWOK gives each a loopback IP
+up() {
   local name=$1
-  while true; do
-    $kubectl get pods -l "llmservice.dev/name=$name" \
-      -o jsonpath='{range .items[?(@.status.phase=="Running")]}{.metadata.name} {.status.podIP}{"\n"}{end}' 2>/dev/null |
-      while read -r pod ip; do
-        [ -n "$pod" ] && [ "$ip" != "$NODE_IP" ] || continue
-        $kubectl patch pod "$pod" --subresource=status --type=merge \
-          -p "{\"status\":{\"podIP\":\"$NODE_IP\",\"podIPs\":[{\"ip\":\"$NODE_IP\"}]}}" >/dev/null
-      done
-    sleep 2
+  [ "$(id -u)" = 0 ] || die "needs root (ip netns, bridge, mount): run as root or skip the serving part"
+  command -v ip >/dev/null || die "iproute2's 'ip' not found (apt-get install iproute2)"
+  [ -n "${KUBECONFIG:-}" ] || die "KUBECONFIG is not set (the local cluster's kubeconfig)"
+  mkdir -p "$dir"
+  if runner_alive; then
+    echo "Ray pod runner already running (pid $(cat "$dir/raypods.pid"))"; return
+  fi
+  rm -f "$dir/raypods.ready"
+  setsid "$py" -m tests.support.raypods run --kubeconfig "$KUBECONFIG" --namespace "$namespace" \
+    --selector "llmservice.dev/name=$name" --mount "$model_mount" --log-dir "$log_dir" \
+    --ready-file "$dir/raypods.ready" >"$dir/raypods.log" 2>&1 &
+  echo $! >"$dir/raypods.pid"
+  for _ in $(seq 1 120); do
+    [ -f "$dir/raypods.ready" ] && {
+      echo "Ray pod runner up (pid $(cat "$dir/raypods.pid"), log $dir/raypods.log, node logs $log_dir/)"
+      return
+    }
+    runner_alive || die "Ray pod runner exited: $(tail -n 5 "$dir/raypods.log")"
+    sleep 0.5
   done
+  die "Ray pod runner not ready within 60s (see $dir/raypods.log)"
 }
 
 down() {
-  for f in adopt ray; do
-    if [ -f "$dir/$f.pid" ]; then
-      kill -TERM -- "-$(cat "$dir/$f.pid")" 2>/dev/null || kill "$(cat "$dir/$f.pid")" 2>/dev/null || true
-      rm -f "$dir/$f.pid"
-    fi
-  done
-  pkill -f -- "llmsvc-demo-ray" 2>/dev/null || true
-  for _ in $(seq 1 10); do pgrep -f -- "llmsvc-demo-ray" >/dev/null || break; sleep 1; done
-  pkill -9 -f -- "llmsvc-demo-ray" 2>/dev/null || true
-  ip link del "$HOST_IF" 2>/dev/null || true
-  ip netns del "$NS" 2>/dev/null || true
-  echo "Ray node stopped"
+  if [ -f "$dir/raypods.pid" ]; then
+    local pid
+    pid=$(cat "$dir/raypods.pid")
+    # SIGTERM: the runner stops its Ray nodes (workers, then heads) and removes the bridge.
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 240); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    kill -KILL "$pid" 2>/dev/null || true
+    rm -f "$dir/raypods.pid" "$dir/raypods.ready"
+  fi
+  # Whatever a killed runner left behind (its namespaces, their processes, the bridge).
+  if [ "$(id -u)" = 0 ] && [ -x "$py" ]; then "$py" -m tests.support.raypods cleanup; fi
+  # The earlier single-node stand-in's veth and namespace, should an old demo still be up.
+  if ip netns list 2>/dev/null | grep -qw llmsvc-demo; then
+    ip netns pids llmsvc-demo | xargs -r kill -KILL 2>/dev/null || true
+    ip netns del llmsvc-demo 2>/dev/null || true
+  fi
+  ip link del llmsvc-h 2>/dev/null || true
+  echo "Ray pods stopped"
+}
+
+logs() {
+  tail -n 20 "$dir/raypods.log" 2>/dev/null || true
+  for f in "$log_dir"/*.log; do [ -f "$f" ] && { echo "----- $f"; tail -n 20 "$f"; }; done
 }
 
 case "${1:-}" in
-  up) netns_up; ray_up ;;
-  adopt) [ -n "${2:-}" ] || die "usage: $0 adopt LLMSERVICE_NAME"; adopt "$2" ;;
+  up) [ -n "${2:-}" ] || die "usage: $0 up LLMSERVICE_NAME"; up "$2" ;;
+  logs) logs ;;
   down) down ;;
-  *) die "usage: $0 up | adopt NAME | down" ;;
+  *) die "usage: $0 up NAME | logs | down" ;;
 esac

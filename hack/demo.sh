@@ -3,10 +3,11 @@
 #   1. start the local control plane (etcd, kube-apiserver, controller-manager, scheduler,
 #      KWOK GPU/CPU nodes, the real KubeRay operator) unless it is already up;
 #   2. install the LLMService CRD and start the operator (`llmservice operator`);
-#   3. start one real Ray node in a network namespace that stands in for the Ray pods
-#      (hack/demo-ray-node.sh: KWOK pods run nothing, this node runs Ray, Serve and vLLM);
+#   3. give every Ray pod of the LLMService a real Ray node in its own network namespace
+#      (hack/demo-ray-node.sh: KWOK pods run nothing; the head pod's node runs the GCS and the
+#      dashboard, the worker pod's node joins it and runs the Serve replica with vLLM);
 #   4. `kubectl apply -f manifests/examples/tiny.yaml`: the operator renders and applies the
-#      RayService, KubeRay creates the RayCluster and submits the serve config to the Ray node;
+#      RayService, KubeRay creates the RayCluster and submits the serve config to its head;
 #   5. wait until the LLMService is Ready, then ask it something through the Kubernetes
 #      service proxy with the openai client.
 # `make demo-down` stops everything.
@@ -42,18 +43,12 @@ else
   echo "operator started (pid $!, log $dir/operator.log)"
 fi
 
-step "A real Ray node for the Ray pods (network namespace on this machine)"
-bash hack/demo-ray-node.sh up
-
 name=$($py -c "import sys,yaml; print(yaml.safe_load(open(sys.argv[1]))['metadata']['name'])" "$example")
+step "Real Ray nodes for the Ray pods (one network namespace and address per pod)"
+bash hack/demo-ray-node.sh up "$name"
+
 step "kubectl apply -f $example"
 $kubectl apply -f "$example"
-
-mkdir -p .cache/demo
-if ! { [ -f .cache/demo/adopt.pid ] && kill -0 "$(cat .cache/demo/adopt.pid)" 2>/dev/null; }; then
-  setsid bash hack/demo-ray-node.sh adopt "$name" >.cache/demo/adopt.log 2>&1 &
-  echo $! >.cache/demo/adopt.pid
-fi
 
 step "Waiting for the operator's RayService and KubeRay's RayCluster and pods"
 deadline=$(( $(date +%s) + timeout_s ))
@@ -73,7 +68,7 @@ $kubectl get events --field-selector involvedObject.kind=LLMService
 
 step "Waiting for the LLMService to be Ready (KubeRay deploys the Serve app; vLLM loads the model)"
 $kubectl wait --for=condition=Ready --timeout="${DEMO_SERVE_TIMEOUT:-900}s" "llmsvc/$name" \
-  || die "not Ready in time: see $dir/operator.log, .cache/demo/ray-node.log, $dir/logs/kuberay-operator.log"
+  || { bash hack/demo-ray-node.sh logs >&2; die "not Ready in time: see $dir/operator.log, .cache/raypods/, $dir/logs/kuberay-operator.log"; }
 $kubectl get llmsvc "$name" -o jsonpath='{range .status.conditions[*]}{.type}={.status} ({.reason}) {.message}{"\n"}{end}'
 
 step "A chat completion through the Kubernetes service proxy (kubectl proxy -> kube-apiserver -> $name-serve-svc -> Ray Serve -> vLLM)"
@@ -101,12 +96,12 @@ cat <<TXT
 
 The whole path is real: the operator rendered and applied the RayService, KubeRay built the Ray
 cluster and submitted the serve config, Ray Serve runs serve_app with vLLM (CPU), and the answer
-came back through the serve Service. Only the nodes and pods are simulated (KWOK); the Ray pods'
-work is done by one Ray node in a network namespace (hack/demo-ray-node.sh).
+came back through the serve Service. Only the nodes and pods are simulated (KWOK); each Ray pod's
+work is done by its own Ray node in its own network namespace (hack/demo-ray-node.sh).
 
 Next:
   export KUBECONFIG=$dir/kubeconfig
   $kubectl get llmsvc -w                 # watch status
   $kubectl scale llmsvc/$name --replicas=2
-  make demo-down                        # stop the Ray node, the operator and the control plane
+  make demo-down                        # stop the Ray nodes, the operator and the control plane
 TXT

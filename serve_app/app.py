@@ -54,6 +54,21 @@ def llm_config_kwargs(args: LLMAppArgs) -> dict[str, Any]:
     return kwargs
 
 
+# The OpenAI ingress only parses and forwards: it reserves no CPU, the way Ray's own ingress
+# request router does ("num_cpus=0 lets the router schedule alongside the proxy on any node,
+# including a resource-less head node"). Logical CPUs stay for the engines, and the rendered
+# head (num-cpus 0) can still host it, so no worker pod is needed just for routing.
+INGRESS_DEPLOYMENT_CONFIG: dict[str, Any] = {"ray_actor_options": {"num_cpus": 0}}
+
+
+def _direct_streaming() -> bool:
+    try:  # Ray's own reading of RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING (absent before Ray 2.55)
+        from ray.llm._internal.serve.constants import RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING
+    except ImportError:
+        return False
+    return bool(RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING)
+
+
 def build(args: LLMAppArgs) -> "Application":
     """Ray Serve application builder (``import_path: serve_app.app:build``)."""
     from ray.serve.llm import LLMConfig, build_openai_app
@@ -62,5 +77,8 @@ def build(args: LLMAppArgs) -> "Application":
         args = LLMAppArgs.model_validate(args)
 
     llm_config = LLMConfig(**llm_config_kwargs(args))
-    app: Application = build_openai_app({"llm_configs": [llm_config]})
+    builder: dict[str, Any] = {"llm_configs": [llm_config]}
+    if not _direct_streaming():  # there the LLM replica is the ingress: no ingress deployment
+        builder["ingress_deployment_config"] = INGRESS_DEPLOYMENT_CONFIG
+    app: Application = build_openai_app(builder)
     return app
