@@ -146,17 +146,20 @@ class Kube:
         except (ApiException, OSError) as exc:
             log.warning("could not post event %s on %s: %s", reason, meta["name"], exc)
 
-    def get_rayservice(self, namespace: str, name: str) -> dict[str, Any] | None:
-        with classified(f"get RayService {namespace}/{name}"):
+    def _get_ray(self, kind: str, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        with classified(f"get {kind} {namespace}/{name}"):
             try:
                 obj = self.custom.get_namespaced_custom_object(
-                    RAY_GROUP, RAY_VERSION, namespace, RAYSERVICES, name
+                    RAY_GROUP, RAY_VERSION, namespace, plural, name
                 )
             except ApiException as exc:
                 if exc.status == 404:
                     return None
                 raise
             return cast(dict[str, Any], obj)
+
+    def get_rayservice(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._get_ray("RayService", RAYSERVICES, namespace, name)
 
     def apply_rayservice(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         """Server-side apply with our one field manager; force takes back fields we own."""
@@ -205,16 +208,7 @@ class Kube:
                     raise
 
     def get_raycluster(self, namespace: str, name: str) -> dict[str, Any] | None:
-        with classified(f"get RayCluster {namespace}/{name}"):
-            try:
-                obj = self.custom.get_namespaced_custom_object(
-                    RAY_GROUP, RAY_VERSION, namespace, RAYCLUSTERS, name
-                )
-            except ApiException as exc:
-                if exc.status == 404:
-                    return None
-                raise
-            return cast(dict[str, Any], obj)
+        return self._get_ray("RayCluster", RAYCLUSTERS, namespace, name)
 
     def patch_raycluster(
         self, namespace: str, name: str, ops: list[dict[str, Any]]

@@ -30,6 +30,8 @@ class AppState(StrEnum):
 
 
 FAILED_APP_STATES = frozenset({AppState.DEPLOY_FAILED.value, AppState.UNHEALTHY.value})
+# Serve's DeploymentStatus while only the replica count moves (same config, same version).
+SCALING_STATES = frozenset({"UPSCALING", "DOWNSCALING"})
 REPLICA_RUNNING = "RUNNING"
 DEPLOYMENT_HEALTHY = "HEALTHY"
 

@@ -67,7 +67,9 @@ def scale_down_blocked(serve: ServeApp | None, serve_expected: bool, want: int |
         return serve_expected
     if want is None:  # autoscaling: Ray's autoscaler picks idle nodes itself
         return False
-    return serve.target_replicas != want or serve.running_replicas > want
+    # Every replica Serve still has (RUNNING, STARTING or STOPPING) sits on a node: wait until
+    # only the wanted ones are left, so the pods without one are known.
+    return serve.target_replicas != want or len(serve.replicas) > want
 
 
 def replica_patch(
@@ -92,39 +94,36 @@ def replica_patch(
         target = by_name.get(str(group.get("groupName")))
         if target is None:
             continue
-        base = f"/spec/workerGroupSpecs/{i}"
+        live = group.get("replicas")
         fields: dict[str, int] = {"minReplicas": target.min_replicas}
         fields["maxReplicas"] = target.max_replicas
-        live_replicas = group.get("replicas")
+        to_delete: list[str] = []
         if target.replicas is not None:
-            shrinking = live_replicas is not None and target.replicas < int(live_replicas)
-            if shrinking and scale_down_blocked(serve, serve_expected, serve_replicas):
-                fields = {}  # bounds and count move together once Serve has let go
-            else:
-                fields["replicas"] = target.replicas
+            fields["replicas"] = target.replicas
+            excess = 0 if live is None else int(live) - target.replicas
+            if excess > 0:
+                idle = sorted(
+                    p.name
+                    for p in pods
+                    if p.group == target.name and p.ip is not None and p.ip not in busy
+                )
+                to_delete = idle[:excess]
+                # Shrink only once Serve has let go and as many pods as go hold no replica:
+                # KubeRay would pick any others at random, maybe one a replica runs on.
+                blocked = scale_down_blocked(serve, serve_expected, serve_replicas)
+                if blocked or (serve is not None and len(to_delete) < excess):
+                    fields, to_delete = {}, []  # bounds and count move together, later
         diff = {k: v for k, v in fields.items() if group.get(k) != v}
         if not diff:
             continue
+        base = f"/spec/workerGroupSpecs/{i}"
         ops.append({"op": "test", "path": f"{base}/groupName", "value": target.name})
         ops += [{"op": "add", "path": f"{base}/{k}", "value": v} for k, v in diff.items()]
+        if to_delete:
+            strategy = {"workersToDelete": to_delete}
+            ops.append({"op": "add", "path": f"{base}/scaleStrategy", "value": strategy})
         if "replicas" in diff:
-            grows = live_replicas is None or diff["replicas"] > int(live_replicas)
-            direction = "up" if grows else "down"
-        if "replicas" in diff and live_replicas is not None and diff["replicas"] < live_replicas:
-            idle = [
-                p.name
-                for p in pods
-                if p.group == target.name and p.ip is not None and p.ip not in busy
-            ]
-            chosen = sorted(idle)[: int(live_replicas) - diff["replicas"]]
-            if chosen:
-                ops.append(
-                    {
-                        "op": "add",
-                        "path": f"{base}/scaleStrategy",
-                        "value": {"workersToDelete": chosen},
-                    }
-                )
+            direction = "up" if live is None or diff["replicas"] > int(live) else "down"
         changes.append(
             f"{target.name}: "
             + ", ".join(f"{k} {group.get(k)}->{v}" for k, v in sorted(diff.items()))

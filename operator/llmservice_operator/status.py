@@ -17,7 +17,14 @@ from typing import Any
 
 from llmservice_operator import constants as c
 from llmservice_operator.api.models import Condition, LLMServiceStatus
-from llmservice_operator.observe import FAILED_APP_STATES, Cluster, Observation, ServeApp
+from llmservice_operator.observe import (
+    FAILED_APP_STATES,
+    SCALING_STATES,
+    AppState,
+    Cluster,
+    Observation,
+    ServeApp,
+)
 
 
 class ConditionType(StrEnum):
@@ -162,6 +169,9 @@ def _progress(
         return Reason.WAITING_FOR_KUBERAY, "KubeRay has not acted on the latest RayService yet"
     if serve is None:
         return Reason.DEPLOYING, "waiting for the Serve app on the Ray cluster"
+    if serve.status == AppState.RUNNING and serve.deployment_status in SCALING_STATES:
+        want = serve.target_replicas
+        return Reason.SCALING, f"Serve {serve.deployment_status}: {serve.running_replicas}/{want}"
     if not serve.settled:
         dep = f", model deployment {serve.deployment_status}" if serve.deployment_status else ""
         return Reason.DEPLOYING, f"Serve app {serve.status}{dep}"
@@ -215,9 +225,11 @@ def compute_status(
     ready_replicas = serve.running_replicas if serve else 0
     settled_version = serve.version if serve is not None and serve.settled else None
     active_version = settled_version or previous.get("activeVersion")
+    # Pending: the spec names a version the Serve app has not yet settled on (a scale or a
+    # config change of the same version is not a version change).
     pending_version = (
         desired.version
-        if desired.version is not None and settled_version != desired.version
+        if desired.version is not None and active_version != desired.version
         else None
     )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmservice_operator.observe import parse_serve
+from llmservice_operator.observe import Replica, ServeApp, parse_serve
 from llmservice_operator.scale import GroupTarget, WorkerPod, in_line, replica_patch
 from tests.unit.fake_kube import json_patch
 from tests.unit.observations import serve
@@ -125,3 +125,25 @@ def test_parse_serve_counts_the_model_deployments_running_replicas() -> None:
     assert app.replica_ips() == {"10.250.0.3", "10.250.0.4"}
     assert parse_serve(SERVE_DETAILS, "other") is None
     assert parse_serve(None, "llm") is None
+
+
+def test_a_replica_still_stopping_holds_the_scale_down() -> None:
+    rc = cluster(group(replicas=2, lo=2, hi=2))
+    stopping = ServeApp(
+        status="RUNNING", message="", version="v1", deployment_status="DOWNSCALING",
+        target_replicas=1,
+        replicas=(Replica("RUNNING", "10.0.0.0"), Replica("STOPPING", "10.0.0.9")),
+    )  # fmt: skip
+    pods = [WorkerPod("w-a", "10.0.0.0", "cpu"), WorkerPod("w-b", "10.0.0.9", "cpu")]
+    got = replica_patch(
+        rc, FIXED_1, serve=stopping, serve_expected=True, serve_replicas=1, pods=pods
+    )
+    assert got is None
+
+
+def test_no_random_deletion_when_every_pod_hosts_a_replica() -> None:
+    rc = cluster(group(replicas=2, lo=2, hi=2))
+    one = serve(running=1, target=1)  # on 10.0.0.0; the other pod's IP is not known yet
+    pods = [WorkerPod("w-a", "10.0.0.0", "cpu"), WorkerPod("w-b", None, "cpu")]
+    got = replica_patch(rc, FIXED_1, serve=one, serve_expected=True, serve_replicas=1, pods=pods)
+    assert got is None

@@ -184,3 +184,11 @@ def test_needs_apply_on_hand_edit_only() -> None:
     assert not _needs_apply(want, live)
     assert _needs_apply(want, {**live, "spec": {"replicas": 3}})
     assert _needs_apply(want, None)
+
+
+def test_scaling_the_same_version_is_scaling_not_a_pending_version() -> None:
+    upscaling = serve(running=1, starting=1, deployment="UPSCALING", version="v2")
+    s = status(DESIRED, observation(app=upscaling), {"activeVersion": "v2"})
+    assert (s["activeVersion"], s["pendingVersion"]) == ("v2", None)
+    assert conditions(s)[T.PROGRESSING] == ("True", R.SCALING)
+    assert s["readyReplicas"] == 1
