@@ -90,8 +90,14 @@ test-cluster: venv tools ## Tests against the local control plane (etcd, kube-ap
 test-serve: model ## Tests against real Ray + vLLM on CPU
 	$(PY) -m pytest tests/serve -m serve $(PYTEST_ARGS)
 
+.PHONY: test-e2e
+test-e2e: model tools ## Operator promises on the real-Ray ground, under load (tests/e2e, root)
+	@rm -f $(CACHE)/e2e/results.jsonl
+	$(PY) -m pytest tests/e2e -m e2e $(PYTEST_ARGS)
+	@$(PY) -m tests.e2e.report $(CACHE)/e2e/results.jsonl
+
 .PHONY: test
-test: lint check-generated test-unit test-cluster test-serve ## Everything: lint, unit, cluster and serve tests
+test: lint check-generated test-unit test-cluster test-serve test-e2e ## Everything: lint, unit, cluster, serve and real-Ray tests
 
 # --- the local ground -------------------------------------------------------
 
@@ -104,7 +110,7 @@ cluster-down: venv ## Stop the local control plane
 	@$(PY) -m tests.cluster.harness down --dir $(CLUSTER_DIR)
 
 .PHONY: demo-down
-demo-down: venv ## Stop the demo's Ray node, operator and the local control plane
+demo-down: venv ## Stop the demo's Ray nodes, operator and the local control plane
 	@bash hack/demo-ray-node.sh down
 	@if [ -f $(CLUSTER_DIR)/operator.pid ]; then kill $$(cat $(CLUSTER_DIR)/operator.pid) 2>/dev/null || true; rm -f $(CLUSTER_DIR)/operator.pid; fi
 	@$(PY) -m tests.cluster.harness down --dir $(CLUSTER_DIR)

@@ -127,3 +127,8 @@ def namespace(
     )
     yield name
     core.delete_namespace(name)
+
+
+@pytest.fixture
+def api(cluster: LocalCluster) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(cluster.api_client)

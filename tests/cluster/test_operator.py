@@ -43,11 +43,6 @@ def operator(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator[
         yield proc
 
 
-@pytest.fixture
-def api(cluster: LocalCluster) -> client.CustomObjectsApi:
-    return client.CustomObjectsApi(cluster.api_client)
-
-
 def test_create_schedules_on_the_gpu_pool_and_reports_truthfully(
     operator: OperatorProcess, api: client.CustomObjectsApi, core: client.CoreV1Api, namespace: str
 ) -> None:

@@ -42,11 +42,6 @@ def operator(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator[
         yield proc
 
 
-@pytest.fixture
-def api(cluster: LocalCluster) -> client.CustomObjectsApi:
-    return client.CustomObjectsApi(cluster.api_client)
-
-
 def _create(api: client.CustomObjectsApi, obj: dict[str, Any]) -> None:
     ns = obj["metadata"]["namespace"]
     api.create_namespaced_custom_object(c.GROUP, c.VERSION, ns, c.PLURAL, obj)

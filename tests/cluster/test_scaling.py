@@ -39,11 +39,6 @@ def operator(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator[
         yield proc
 
 
-@pytest.fixture
-def api(cluster: LocalCluster) -> client.CustomObjectsApi:
-    return client.CustomObjectsApi(cluster.api_client)
-
-
 def raycluster(api: client.CustomObjectsApi, ns: str, name: str) -> dict[str, Any] | None:
     """The RayCluster the RayService serves from (or, before the first switch, brings up)."""
     rs = get_rs(api, ns, name)
