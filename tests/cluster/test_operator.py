@@ -186,6 +186,47 @@ def test_hand_edits_and_deletes_are_repaired(
     )
 
 
+def test_an_apply_the_api_server_refuses_is_apply_failed_and_retried(
+    operator: OperatorProcess, api: client.CustomObjectsApi, core: client.CoreV1Api, namespace: str
+) -> None:
+    # A quota of zero RayServices: the API server itself refuses the create (403).
+    quota = client.V1ResourceQuota(
+        metadata=client.V1ObjectMeta(name="no-rayservices"),
+        spec=client.V1ResourceQuotaSpec(hard={"count/rayservices.ray.io": "0"}),
+    )
+    core.create_namespaced_resource_quota(namespace, quota)
+    wait_for(
+        "quota status",
+        lambda: core.read_namespaced_resource_quota("no-rayservices", namespace).status or {},
+        WAIT_S,
+    )
+    api.create_namespaced_custom_object(
+        c.GROUP, c.VERSION, namespace, c.PLURAL, llmservice(namespace)
+    )
+    svc = wait_for(
+        "Ready=False ApplyFailed",
+        lambda: (
+            condition(s := get_svc(api, namespace, "llama"), "Ready").get("reason") == "ApplyFailed"
+            and s
+        ),
+        WAIT_S,
+    )
+    assert "403" in condition(svc, "Ready")["message"]
+    assert condition(svc, "Degraded")["status"] == "True"
+    assert get_rs(api, namespace, "llama") is None
+    events = core.list_namespaced_event(namespace, field_selector="involvedObject.name=llama").items
+    assert any(e.reason == "ApplyFailed" and e.type == "Warning" for e in events)
+
+    # The refusal is lifted: the retry (with back-off) applies, nobody touches the spec.
+    core.delete_namespaced_resource_quota("no-rayservices", namespace)
+    wait_for("RayService applied on retry", lambda: get_rs(api, namespace, "llama"), 120)
+    wait_for(
+        "ApplyFailed cleared",
+        lambda: condition(get_svc(api, namespace, "llama"), "Ready").get("reason") != "ApplyFailed",
+        WAIT_S,
+    )
+
+
 def test_invalid_spec_is_reported_and_nothing_is_applied(
     operator: OperatorProcess, api: client.CustomObjectsApi, core: client.CoreV1Api, namespace: str
 ) -> None:
