@@ -23,6 +23,7 @@ from kubernetes import client
 
 from tests.cluster.dump import dump_file_name, write_namespace_dump
 from tests.cluster.harness import ClusterError, LocalCluster, wait_for
+from tests.cluster.operator_process import OperatorProcess, running_operator
 
 _FAILED = pytest.StashKey[bool]()
 _CLUSTER = pytest.StashKey[LocalCluster]()
@@ -132,3 +133,11 @@ def namespace(
 @pytest.fixture
 def api(cluster: LocalCluster) -> client.CustomObjectsApi:
     return client.CustomObjectsApi(cluster.api_client)
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator[OperatorProcess]:
+    """One operator process per test module (its log named after the module), with metrics."""
+    name = "operator-" + request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
+    with running_operator(cluster, request, name, metrics=True) as proc:
+        yield proc

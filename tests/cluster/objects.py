@@ -73,3 +73,21 @@ def condition(svc: dict[str, Any], ctype: str) -> dict[str, Any]:
         if cond["type"] == ctype:
             return dict(cond)
     return {}
+
+
+def wait_ready_reason(
+    api: client.CustomObjectsApi, ns: str, name: str, reason: str, timeout: float = WAIT_S
+) -> dict[str, Any]:
+    """The LLMService once its Ready condition carries `reason`."""
+
+    def reached() -> dict[str, Any] | None:
+        svc = get_svc(api, ns, name)
+        return svc if condition(svc, "Ready").get("reason") == reason else None
+
+    return wait_for(f"Ready reason {reason}", reached, timeout)
+
+
+def warned(core: client.CoreV1Api, ns: str, name: str, reason: str) -> bool:
+    """A Warning Event with `reason` was posted about the LLMService `name`."""
+    events = core.list_namespaced_event(ns, field_selector=f"involvedObject.name={name}").items
+    return any(e.reason == reason and e.type == "Warning" for e in events)

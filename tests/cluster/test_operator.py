@@ -8,14 +8,13 @@ covered by the serve tests and `make demo`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from kubernetes import client
 
 from llmservice_operator import constants as c
-from tests.cluster.harness import LocalCluster, wait_for
+from tests.cluster.harness import wait_for
 from tests.cluster.objects import (
     RAY,
     WAIT_S,
@@ -25,22 +24,17 @@ from tests.cluster.objects import (
     llmservice,
     patch_spec,
     serve_args,
+    wait_ready_reason,
     wait_rs,
+    warned,
     worker_group,
 )
 from tests.cluster.operator_process import (
     TIMER_INTERVAL_S,
     OperatorProcess,
-    running_operator,
 )
 
 pytestmark = pytest.mark.cluster
-
-
-@pytest.fixture(scope="module")
-def operator(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator[OperatorProcess]:
-    with running_operator(cluster, request, "operator") as proc:
-        yield proc
 
 
 def test_create_schedules_on_the_gpu_pool_and_reports_truthfully(
@@ -203,19 +197,11 @@ def test_an_apply_the_api_server_refuses_is_apply_failed_and_retried(
     api.create_namespaced_custom_object(
         c.GROUP, c.VERSION, namespace, c.PLURAL, llmservice(namespace)
     )
-    svc = wait_for(
-        "Ready=False ApplyFailed",
-        lambda: (
-            condition(s := get_svc(api, namespace, "llama"), "Ready").get("reason") == "ApplyFailed"
-            and s
-        ),
-        WAIT_S,
-    )
+    svc = wait_ready_reason(api, namespace, "llama", "ApplyFailed")
     assert "403" in condition(svc, "Ready")["message"]
     assert condition(svc, "Degraded")["status"] == "True"
     assert get_rs(api, namespace, "llama") is None
-    events = core.list_namespaced_event(namespace, field_selector="involvedObject.name=llama").items
-    assert any(e.reason == "ApplyFailed" and e.type == "Warning" for e in events)
+    assert warned(core, namespace, "llama", "ApplyFailed")
 
     # The refusal is lifted: the retry (with back-off) applies, nobody touches the spec.
     core.delete_namespaced_resource_quota("no-rayservices", namespace)
@@ -237,17 +223,9 @@ def test_invalid_spec_is_reported_and_nothing_is_applied(
 
     # Passes the CRD schema, fails the semantic rules: TP 4 cannot fit a 1-GPU node.
     patch_spec(api, namespace, "llama", {"engine": {"tensorParallelSize": 4}})
-    svc = wait_for(
-        "InvalidSpec condition",
-        lambda: (
-            condition(s := get_svc(api, namespace, "llama"), "Ready").get("reason") == "InvalidSpec"
-            and s
-        ),
-        WAIT_S,
-    )
+    svc = wait_ready_reason(api, namespace, "llama", "InvalidSpec")
     assert "spec.engine.tensorParallelSize" in condition(svc, "Ready")["message"]
-    events = core.list_namespaced_event(namespace, field_selector="involvedObject.name=llama").items
-    assert any(e.reason == "InvalidSpec" and e.type == "Warning" for e in events)
+    assert warned(core, namespace, "llama", "InvalidSpec")
     after = get_rs(api, namespace, "llama")
     assert after is not None and after["spec"] == before["spec"]
 

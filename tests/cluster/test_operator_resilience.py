@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -29,17 +28,10 @@ from tests.cluster.operator_process import (
     TIMER_INTERVAL_S,
     Metrics,
     OperatorProcess,
-    running_operator,
     writes,
 )
 
 pytestmark = pytest.mark.cluster
-
-
-@pytest.fixture(scope="module")
-def operator(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator[OperatorProcess]:
-    with running_operator(cluster, request, "operator-resilience", metrics=True) as proc:
-        yield proc
 
 
 def _create(api: client.CustomObjectsApi, obj: dict[str, Any]) -> None:

@@ -9,14 +9,13 @@ real-Ray ground checks Serve replicas that answer.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from kubernetes import client
 
 from llmservice_operator import constants as c
-from tests.cluster.harness import LocalCluster, wait_for
+from tests.cluster.harness import wait_for
 from tests.cluster.objects import (
     RAY,
     WAIT_S,
@@ -27,16 +26,10 @@ from tests.cluster.objects import (
     patch_spec,
     wait_rs,
 )
-from tests.cluster.operator_process import OperatorProcess, running_operator
+from tests.cluster.operator_process import OperatorProcess
 from tests.unit.examples import example_services
 
 pytestmark = pytest.mark.cluster
-
-
-@pytest.fixture(scope="module")
-def operator(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator[OperatorProcess]:
-    with running_operator(cluster, request, "operator-scaling") as proc:
-        yield proc
 
 
 def raycluster(api: client.CustomObjectsApi, ns: str, name: str) -> dict[str, Any] | None:
