@@ -6,15 +6,19 @@ Exit codes: 0 ok; 1 diff found differences; 2 invalid input (one `error:` line p
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from llmservice_operator import constants as c
+
+if TYPE_CHECKING:
+    from llmservice_operator.settings import OperatorConfig
 from llmservice_operator.api.models import LLMService
 from llmservice_operator.errors import FieldError, InvalidSpecError
 from llmservice_operator.render import container_env, render
@@ -109,15 +113,13 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return EXIT_DIFF if changed else EXIT_OK
 
 
-def cmd_operator(args: argparse.Namespace) -> int:
-    """Run the kopf operator in this process (what the Deployment runs)."""
-    import os
-
-    import kopf
-
+def operator_config(args: argparse.Namespace) -> OperatorConfig:
+    """The flags over the LLMSERVICE_* environment: settings without a flag (max workers,
+    watch timeout) keep what the environment says instead of falling back to defaults."""
     from llmservice_operator.settings import OperatorConfig
 
-    config = OperatorConfig(
+    return dataclasses.replace(
+        OperatorConfig.from_env(),
         namespaces=list(args.namespace or []),
         timer_interval=args.timer_interval,
         metrics_port=args.metrics_port,
@@ -126,6 +128,15 @@ def cmd_operator(args: argparse.Namespace) -> int:
         standalone=args.standalone,
         **({"priority": args.priority} if args.priority else {}),
     )
+
+
+def cmd_operator(args: argparse.Namespace) -> int:
+    """Run the kopf operator in this process (what the Deployment runs)."""
+    import os
+
+    import kopf
+
+    config = operator_config(args)
     # The same config as env vars, for anything that reads it outside kopf's memo.
     os.environ.update(config.to_env())
     import llmservice_operator.reconcile  # noqa: F401  (registers the handlers)

@@ -33,6 +33,10 @@ MERGE_PATCH = "application/merge-patch+json"
 # Transient API failures: retry soon. Anything else 4xx means the request itself is wrong.
 _RETRY_STATUSES = frozenset({409, 429, 500, 502, 503, 504})
 RETRY_DELAY_S = 5.0
+# Every API call gets (connect, read) timeouts: a hung connection must fail and be retried,
+# never hold a worker thread (or the resync loop) forever.
+REQUEST_TIMEOUT_S = (10.0, 30.0)
+TRANSPORT_ERRORS = (OSError, TimeoutError, urllib3.exceptions.HTTPError)
 # Reads of Ray's own Serve API go through the API server's service proxy to the head's dashboard:
 # short, because a cluster whose Ray is not up yet must not hold up the reconcile.
 SERVE_API_TIMEOUT_S = 5.0
@@ -62,8 +66,26 @@ def classified(what: str) -> Iterator[None]:
                 f"{what}: HTTP {exc.status} {_reason(exc)}", delay=RETRY_DELAY_S
             ) from exc
         raise kopf.PermanentError(f"{what}: HTTP {exc.status} {_reason(exc)}") from exc
-    except (OSError, TimeoutError) as exc:  # connection refused/reset while the API restarts
-        raise kopf.TemporaryError(f"{what}: {exc}", delay=RETRY_DELAY_S) from exc
+    except TRANSPORT_ERRORS as exc:
+        # Connection refused/reset while the API server restarts, a read timeout, urllib3's
+        # MaxRetryError/ProtocolError (not OSErrors): the request never got an answer.
+        raise kopf.TemporaryError(f"{what}: {exc!r}", delay=RETRY_DELAY_S) from exc
+
+
+ALL_NAMESPACES = "*"
+
+
+def _higher_peer_alive(peers: Mapping[str, Any], priority: int) -> bool:
+    now = dt.datetime.now(dt.UTC)
+    for peer in peers.values():
+        if not isinstance(peer, Mapping) or int(peer.get("priority", 0)) <= priority:
+            continue
+        seen = dt.datetime.fromisoformat(str(peer.get("lastseen")))
+        if seen.tzinfo is None:
+            seen = seen.replace(tzinfo=dt.UTC)
+        if seen + dt.timedelta(seconds=int(peer.get("lifetime", 60))) > now:
+            return True
+    return False
 
 
 class Kube:
@@ -77,43 +99,47 @@ class Kube:
         """Every LLMService in the watched namespaces (all namespaces when none are given)."""
         with classified("list LLMServices"):
             if not namespaces:
-                listed = self.custom.list_cluster_custom_object(c.GROUP, c.VERSION, c.PLURAL)
+                listed = self.custom.list_cluster_custom_object(
+                    c.GROUP, c.VERSION, c.PLURAL, _request_timeout=REQUEST_TIMEOUT_S
+                )
                 return list(cast(dict[str, Any], listed)["items"])
             items: list[dict[str, Any]] = []
             for ns in namespaces:
-                listed = self.custom.list_namespaced_custom_object(c.GROUP, c.VERSION, ns, c.PLURAL)
+                listed = self.custom.list_namespaced_custom_object(
+                    c.GROUP, c.VERSION, ns, c.PLURAL, _request_timeout=REQUEST_TIMEOUT_S
+                )
                 items += cast(dict[str, Any], listed)["items"]
             return items
 
-    def outranked(self, peering: str, namespaces: list[str], priority: int) -> bool:
-        """True while a live kopf peer with a higher priority exists: it does the work.
+    def outranked(self, peering: str, namespaces: list[str], priority: int) -> set[str]:
+        """Where a live kopf peer with a higher priority exists, and so does the work.
 
-        kopf pauses its own handlers then; this lets the resync loop stand by the same way.
-        Without kopf's peering CRDs (standalone) nobody outranks us.
+        kopf pauses its own handlers there; this lets the resync loop stand by the same way.
+        Cluster-wide peering gives {ALL_NAMESPACES}; namespaced peering is per namespace, so
+        each watched namespace's KopfPeering is read. No peering CRDs (standalone), or an
+        unreadable peering object: nobody outranks us.
         """
-        kind = "kopfpeerings" if namespaces else "clusterkopfpeerings"
+        if not namespaces:
+            got = self._peers(peering, None)
+            return {ALL_NAMESPACES} if _higher_peer_alive(got, priority) else set()
+        return {ns for ns in namespaces if _higher_peer_alive(self._peers(peering, ns), priority)}
+
+    def _peers(self, peering: str, namespace: str | None) -> Mapping[str, Any]:
         try:
-            if namespaces:
-                listed = self.custom.list_namespaced_custom_object(
-                    "kopf.dev", "v1", namespaces[0], kind
-                )
+            if namespace is None:
+                obj = self.custom.get_cluster_custom_object(
+                    "kopf.dev", "v1", "clusterkopfpeerings", peering,
+                    _request_timeout=REQUEST_TIMEOUT_S,
+                )  # fmt: skip
             else:
-                listed = self.custom.list_cluster_custom_object("kopf.dev", "v1", kind)
-        except (ApiException, OSError):
-            return False
-        now = dt.datetime.now(dt.UTC)
-        for obj in cast(dict[str, Any], listed)["items"]:
-            if obj["metadata"]["name"] != peering:
-                continue
-            for peer in (obj.get("status") or {}).values():
-                if not isinstance(peer, Mapping) or int(peer.get("priority", 0)) <= priority:
-                    continue
-                seen = dt.datetime.fromisoformat(str(peer.get("lastseen")))
-                if seen.tzinfo is None:
-                    seen = seen.replace(tzinfo=dt.UTC)
-                if seen + dt.timedelta(seconds=int(peer.get("lifetime", 60))) > now:
-                    return True
-        return False
+                obj = self.custom.get_namespaced_custom_object(
+                    "kopf.dev", "v1", namespace, "kopfpeerings", peering,
+                    _request_timeout=REQUEST_TIMEOUT_S,
+                )  # fmt: skip
+        except (ApiException, *TRANSPORT_ERRORS) as exc:
+            log.debug("peering %s in %s not readable: %r", peering, namespace or "cluster", exc)
+            return {}
+        return cast(Mapping[str, Any], cast(dict[str, Any], obj).get("status") or {})
 
     def post_event(
         self, involved: Mapping[str, Any], event_type: str, reason: str, message: str
@@ -142,16 +168,19 @@ class Kube:
             reporting_component=c.FIELD_MANAGER,
         )
         try:
-            self.core.create_namespaced_event(meta["namespace"], event)
-        except (ApiException, OSError) as exc:
-            log.warning("could not post event %s on %s: %s", reason, meta["name"], exc)
+            self.core.create_namespaced_event(
+                meta["namespace"], event, _request_timeout=REQUEST_TIMEOUT_S
+            )
+        except (ApiException, *TRANSPORT_ERRORS) as exc:
+            log.warning("could not post event %s on %s: %r", reason, meta["name"], exc)
 
     def _get_ray(self, kind: str, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         with classified(f"get {kind} {namespace}/{name}"):
             try:
                 obj = self.custom.get_namespaced_custom_object(
-                    RAY_GROUP, RAY_VERSION, namespace, plural, name
-                )
+                    RAY_GROUP, RAY_VERSION, namespace, plural, name,
+                    _request_timeout=REQUEST_TIMEOUT_S,
+                )  # fmt: skip
             except ApiException as exc:
                 if exc.status == 404:
                     return None
@@ -175,6 +204,7 @@ class Kube:
                 field_manager=c.FIELD_MANAGER,
                 force=True,
                 _content_type=APPLY_PATCH,
+                _request_timeout=REQUEST_TIMEOUT_S,
             )
             return cast(dict[str, Any], applied)
 
@@ -182,8 +212,9 @@ class Kube:
         with classified(f"get LLMService {namespace}/{name}"):
             try:
                 obj = self.custom.get_namespaced_custom_object(
-                    c.GROUP, c.VERSION, namespace, c.PLURAL, name
-                )
+                    c.GROUP, c.VERSION, namespace, c.PLURAL, name,
+                    _request_timeout=REQUEST_TIMEOUT_S,
+                )  # fmt: skip
             except ApiException as exc:
                 if exc.status == 404:
                     return None
@@ -202,6 +233,7 @@ class Kube:
                     {"status": dict(status)},
                     field_manager=c.FIELD_MANAGER,
                     _content_type=MERGE_PATCH,
+                    _request_timeout=REQUEST_TIMEOUT_S,
                 )
             except ApiException as exc:
                 if exc.status != 404:  # deleted meanwhile: nothing left to report on
@@ -225,6 +257,7 @@ class Kube:
                     ops,
                     field_manager=c.REPLICAS_FIELD_MANAGER,
                     _content_type=JSON_PATCH,
+                    _request_timeout=REQUEST_TIMEOUT_S,
                 )
             except ApiException as exc:
                 # A failed `test` op: the worker groups changed under us. Read again, retry.
@@ -241,7 +274,7 @@ class Kube:
             pods = self.core.list_namespaced_pod(
                 namespace,
                 label_selector=f"ray.io/cluster={cluster},ray.io/node-type=worker",
-                _request_timeout=30,
+                _request_timeout=REQUEST_TIMEOUT_S,
             )
             out = []
             for pod in pods.items:
@@ -282,7 +315,7 @@ class Kube:
                 log.debug("Serve API of %s/%s: HTTP %s", namespace, head_service, resp.status)
                 return None
             body = json.loads(resp.read() or b"{}")
-        except (ApiException, OSError, ValueError, urllib3.exceptions.HTTPError) as exc:
+        except (ApiException, ValueError, *TRANSPORT_ERRORS) as exc:
             log.debug("Serve API of %s/%s not answering: %s", namespace, head_service, exc)
             return None
         return body if isinstance(body, dict) else None
@@ -291,7 +324,9 @@ class Kube:
         """The latest message of KubeRay refusing this RayService, if it did (Warning events)."""
         with classified(f"list events of RayService {namespace}"):
             events = self.core.list_namespaced_event(
-                namespace, field_selector=f"involvedObject.uid={uid}", _request_timeout=30
+                namespace,
+                field_selector=f"involvedObject.uid={uid}",
+                _request_timeout=REQUEST_TIMEOUT_S,
             )
         rejected = [
             e for e in events.items if e.type == "Warning" and e.reason in KUBERAY_REJECTIONS

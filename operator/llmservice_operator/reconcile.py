@@ -24,7 +24,7 @@ from llmservice_operator import constants as c
 from llmservice_operator import metrics, scale
 from llmservice_operator.api.models import LLMService, LLMServiceStatus
 from llmservice_operator.errors import InvalidSpecError
-from llmservice_operator.k8s import RAY_GROUP, RAY_VERSION, RAYSERVICES, Kube
+from llmservice_operator.k8s import ALL_NAMESPACES, RAY_GROUP, RAY_VERSION, RAYSERVICES, Kube
 from llmservice_operator.observe import (
     Cluster,
     Observation,
@@ -304,37 +304,73 @@ async def _resync_forever(kube: Kube, config: OperatorConfig) -> None:
 
     Not a kopf.timer: kopf puts a finalizer on every object that has a timer, and then a
     stopped operator would block `kubectl delete llmsvc`. Deletion must never need us.
+    Nothing ends it but cancellation: every failure of a pass is logged and counted, and the
+    next pass comes on time. Should it end anyway, the liveness probe fails (``resync_alive``).
     """
     while True:
         await asyncio.sleep(config.timer_interval)
-        if not config.standalone and await asyncio.to_thread(
+        try:
+            outcome = await _resync_pass(kube, config)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug or an unclassified failure: never the end of the safety net
+            log.exception("resync pass failed")
+            outcome = "error"
+        # Counted after the fact, so a reader that waits for two more passes knows a whole
+        # pass began and ended meanwhile.
+        metrics.RESYNC_PASSES.labels(outcome=outcome).inc()
+
+
+async def _resync_pass(kube: Kube, config: OperatorConfig) -> str:
+    outranked: set[str] = set()
+    if not config.standalone:
+        outranked = await asyncio.to_thread(
             kube.outranked, config.peering_name, config.namespaces, config.priority
-        ):
-            # A hot standby: the leading peer resyncs. Counted after the fact, so a reader
-            # that waits for two more passes knows a whole pass began and ended meanwhile.
-            metrics.RESYNC_PASSES.labels(outcome="standby").inc()
+        )
+        watched = set(config.namespaces)
+        if ALL_NAMESPACES in outranked or (watched and outranked >= watched):
+            return "standby"  # a hot standby: the leading peer resyncs
+    try:
+        bodies = await asyncio.to_thread(kube.list_llmservices, config.namespaces)
+    except (kopf.TemporaryError, kopf.PermanentError) as exc:
+        log.warning("resync: %s", exc)
+        return "list_failed"
+    for body in bodies:
+        meta = body["metadata"]
+        if meta.get("deletionTimestamp") or meta.get("namespace") in outranked:
             continue
         try:
-            bodies = await asyncio.to_thread(kube.list_llmservices, config.namespaces)
+            await asyncio.to_thread(_counted, kube, body, "resync")
         except (kopf.TemporaryError, kopf.PermanentError) as exc:
-            log.warning("resync: %s", exc)
-            metrics.RESYNC_PASSES.labels(outcome="list_failed").inc()
-            continue
-        for body in bodies:
-            if body["metadata"].get("deletionTimestamp"):
-                continue
-            try:
-                await asyncio.to_thread(_counted, kube, body, "resync")
-            except (kopf.TemporaryError, kopf.PermanentError) as exc:
-                log.info("resync of %s: %s", body["metadata"]["name"], exc)
-        metrics.RESYNC_PASSES.labels(outcome="ok").inc()
+            log.info("resync of %s: %s", meta["name"], exc)
+        except Exception:  # one object's surprise must not starve the others
+            log.exception("resync of %s failed", meta["name"])
+            metrics.ERRORS.labels(kind="unexpected").inc()
+    return "ok"
+
+
+@kopf.on.probe(id="resync")
+def resync_alive(memo: kopf.Memo, **_: Any) -> str:
+    """Liveness: the resync loop still runs (its end would leave missed events unrepaired)."""
+    task = memo.get("resync")
+    if task is None:
+        return "starting"
+    if task.done():
+        raise kopf.PermanentError("the resync loop has stopped")
+    return "running"
 
 
 @kopf.on.resume(c.GROUP, c.VERSION, c.PLURAL)
 @kopf.on.create(c.GROUP, c.VERSION, c.PLURAL)
 @kopf.on.update(c.GROUP, c.VERSION, c.PLURAL, field="spec")
 def on_llmservice(body: kopf.Body, memo: kopf.Memo, reason: str, retry: int, **_: Any) -> None:
-    _counted(memo["kube"], body, trigger=str(reason), attempt=retry)
+    try:
+        _counted(memo["kube"], body, trigger=str(reason), attempt=retry)
+    except kopf.TemporaryError as exc:
+        # kopf retries after exc.delay: back off exponentially with jitter, so a flapping API
+        # server is not hammered and many objects do not retry in step.
+        delay = max(exc.delay or 0.0, backoff_delay(retry))
+        raise kopf.TemporaryError(str(exc), delay=delay) from exc
 
 
 def _counted(kube: Kube, body: Mapping[str, Any], trigger: str, attempt: int = 0) -> None:

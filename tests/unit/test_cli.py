@@ -81,3 +81,15 @@ def test_diff_shows_a_replica_change(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["diff", "-f", str(changed), "--against", str(rendered)]) == 1
     out = capsys.readouterr().out
     assert "-      replicas: 1" in out and "+      replicas: 3" in out
+
+
+def test_operator_settings_without_a_flag_keep_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from llmservice_operator.cli import _parser, operator_config
+
+    monkeypatch.setenv("LLMSERVICE_MAX_WORKERS", "16")
+    monkeypatch.setenv("LLMSERVICE_WATCH_SERVER_TIMEOUT", "120")
+    config = operator_config(_parser().parse_args(["operator", "-n", "team-a", "--standalone"]))
+    assert (config.max_workers, config.watch_server_timeout) == (16, 120)
+    assert config.namespaces == ["team-a"] and config.standalone

@@ -1,0 +1,106 @@
+"""Failures of the API are classified and the resync loop outlives every one of them."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import kopf
+import pytest
+import urllib3
+from kubernetes.client.exceptions import ApiException
+
+from llmservice_operator import metrics
+from llmservice_operator.k8s import ALL_NAMESPACES, classified
+from llmservice_operator.reconcile import _resync_forever, backoff_delay
+from llmservice_operator.settings import OperatorConfig
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        urllib3.exceptions.MaxRetryError(None, "/api", "connection refused"),  # type: ignore[arg-type]
+        urllib3.exceptions.ProtocolError("connection aborted"),
+        urllib3.exceptions.ReadTimeoutError(None, "/api", "read timed out"),  # type: ignore[arg-type]
+        ConnectionResetError(),
+        TimeoutError(),
+        ApiException(status=503),
+        ApiException(status=409),
+    ],
+)
+def test_transport_failures_and_busy_servers_are_temporary(error: Exception) -> None:
+    with pytest.raises(kopf.TemporaryError), classified("get x"):
+        raise error
+
+
+def test_a_rejected_request_is_permanent() -> None:
+    with pytest.raises(kopf.PermanentError), classified("apply x"):
+        raise ApiException(status=422)
+
+
+def test_backoff_grows_to_a_cap_with_jitter() -> None:
+    assert all(2.5 <= backoff_delay(0) <= 5.0 for _ in range(50))
+    late = [backoff_delay(10) for _ in range(200)]
+    assert max(late) <= 300.0 and min(late) >= 2.5
+    assert len({round(d, 3) for d in late}) > 100  # jittered, not in step
+
+
+class FlakyKube:
+    """Each pass meets another failure: a bug, an unclassified error, a classified one."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def outranked(self, *_: Any) -> set[str]:
+        return set()
+
+    def list_llmservices(self, namespaces: list[str]) -> list[dict[str, Any]]:
+        self.calls += 1
+        if self.calls == 1:
+            raise urllib3.exceptions.ProtocolError("API server restarting")
+        if self.calls == 2:
+            raise kopf.TemporaryError("list LLMServices: HTTP 503", delay=1)
+        return []
+
+
+def _passes(outcome: str) -> float:
+    return metrics.RESYNC_PASSES.labels(outcome=outcome)._value.get()  # type: ignore[no-any-return]
+
+
+def test_the_resync_loop_outlives_every_failure() -> None:
+    before = {o: _passes(o) for o in ("error", "list_failed", "ok")}
+    kube = FlakyKube()
+    config = OperatorConfig(timer_interval=0.01, standalone=True, metrics_port=0)
+
+    async def run() -> None:
+        task = asyncio.create_task(_resync_forever(kube, config))  # type: ignore[arg-type]
+        while kube.calls < 4:
+            assert not task.done(), task
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(run())
+    after = {o: _passes(o) - before[o] for o in before}
+    assert after["error"] >= 1 and after["list_failed"] >= 1 and after["ok"] >= 1, after
+
+
+class Outranked(FlakyKube):
+    def outranked(self, *_: Any) -> set[str]:
+        return {ALL_NAMESPACES}
+
+
+def test_a_standby_lists_nothing() -> None:
+    before = _passes("standby")
+    kube = Outranked()
+    config = OperatorConfig(timer_interval=0.01, standalone=False, metrics_port=0)
+
+    async def run() -> None:
+        task = asyncio.create_task(_resync_forever(kube, config))  # type: ignore[arg-type]
+        while _passes("standby") < before + 3:
+            await asyncio.sleep(0.01)
+        task.cancel()
+
+    asyncio.run(run())
+    assert kube.calls == 0
