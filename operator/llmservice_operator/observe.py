@@ -101,7 +101,30 @@ class Observation:
     pending: Cluster | None = None
     kuberay_rejection: str | None = None  # KubeRay's InvalidRayService* event message
     apply_error: str | None = None  # the API server refused our apply
+    conflict: str | None = None  # a same-named RayService that this LLMService does not control
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def foreign(rayservice: Mapping[str, Any] | None, owner_uid: str | None) -> str | None:
+    """Why a live RayService is not ours to change (None: ours, or none at all).
+
+    Ours means controlled by this very LLMService (its UID, not just its name): a RayService
+    made by hand, by another tool, or for an earlier LLMService of the same name that the
+    garbage collector has not removed yet, is never adopted or overwritten.
+    """
+    if rayservice is None or owner_uid is None:
+        return None
+    meta = rayservice.get("metadata") or {}
+    controller = next((r for r in meta.get("ownerReferences") or [] if r.get("controller")), None)
+    if controller is not None and controller.get("uid") == owner_uid:
+        return None
+    name = meta.get("name")
+    if controller is None:
+        return f"RayService {name} exists and no LLMService controls it"
+    return (
+        f"RayService {name} is controlled by {controller.get('kind')} "
+        f"{controller.get('name')} (uid {controller.get('uid')})"
+    )
 
 
 def cluster_names(rayservice: Mapping[str, Any] | None) -> tuple[str | None, str | None]:

@@ -16,7 +16,7 @@ import logging
 import random
 import time
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 import kopf
 
@@ -30,6 +30,7 @@ from llmservice_operator.observe import (
     Observation,
     ServeApp,
     cluster_names,
+    foreign,
     parse_cluster,
     parse_serve,
 )
@@ -135,6 +136,9 @@ def reconcile(
     (rayservice,) = children
     name, namespace = rayservice["metadata"]["name"], rayservice["metadata"]["namespace"]
     live = kube.get_rayservice(namespace, name)
+    conflict = foreign(live, meta.get("uid"))
+    if conflict is not None:
+        return _refuse_foreign(kube, body, svc, conflict, previous)
     apply_error: str | None = None
     if _needs_apply(rayservice, live):
         action = "created" if live is None else "updated"
@@ -162,6 +166,23 @@ def reconcile(
     metrics.RECONCILES.labels(result="ok").inc()
     metrics.LATENCY.observe(time.perf_counter() - started)
     return to_wire(status)
+
+
+def _refuse_foreign(
+    kube: Kube,
+    body: Mapping[str, Any],
+    svc: LLMService,
+    conflict: str,
+    previous: Mapping[str, Any],
+) -> NoReturn:
+    """Leave someone else's RayService alone, say so, and let the resync look again later."""
+    status = compute_status(
+        _desired(svc, plan(svc.spec)), Observation(rayservice=None, conflict=conflict), previous
+    )
+    if _write_status(kube, body, status, previous):
+        kube.post_event(body, "Warning", "Conflict", conflict)
+    metrics.RECONCILES.labels(result="conflict").inc()
+    raise kopf.PermanentError(f"not adopting: {conflict}")
 
 
 def observe(

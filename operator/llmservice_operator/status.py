@@ -65,6 +65,8 @@ class Reason(StrEnum):
     RAY_CLUSTER_FAILED = "RayClusterFailed"
     #: Set when KubeRay rejected the RayService (its InvalidRayServiceSpec/Metadata event).
     VALIDATION_FAILED = "ValidationFailed"
+    #: Set when a RayService of the same name exists that this LLMService does not control.
+    CONFLICT = "Conflict"
     #: Set when nothing failed.
     HEALTHY = "Healthy"
 
@@ -82,6 +84,7 @@ class Phase(StrEnum):
 
 _FIX_IT = "fix the spec to continue"
 _CREATING = "creating the RayService"
+_RENAME = "left untouched: rename the LLMService or remove the other RayService"
 
 
 @dataclass(frozen=True)
@@ -233,6 +236,20 @@ def compute_status(
         else None
     )
 
+    if obs.conflict is not None:
+        msg = obs.conflict
+        return _status(
+            desired,
+            phase=Phase.FAILED,
+            ready_replicas=0,
+            active_version=previous.get("activeVersion"),
+            pending_version=desired.version,
+            conditions=[
+                _cond(ConditionType.READY, False, Reason.CONFLICT, msg, gen),
+                _cond(ConditionType.PROGRESSING, False, Reason.CONFLICT, _RENAME, gen),
+                _cond(ConditionType.DEGRADED, True, Reason.CONFLICT, msg, gen),
+            ],
+        )
     if obs.apply_error is not None:
         msg = obs.apply_error
         return _status(

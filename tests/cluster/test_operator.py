@@ -213,6 +213,49 @@ def test_an_apply_the_api_server_refuses_is_apply_failed_and_retried(
     )
 
 
+def test_a_foreign_rayservice_of_the_same_name_is_left_alone(
+    operator: OperatorProcess, api: client.CustomObjectsApi, core: client.CoreV1Api, namespace: str
+) -> None:
+    theirs = {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayService",
+        "metadata": {"name": "llama", "labels": {"team": "someone-else"}},
+        "spec": {
+            "serveConfigV2": "applications: []\n",
+            "rayClusterConfig": {"headGroupSpec": {"rayStartParams": {}, "template": {"spec": {
+                "containers": [{"name": "ray-head", "image": "rayproject/ray:2.60.0"}]
+            }}}},
+        },
+    }  # fmt: skip
+    api.create_namespaced_custom_object(*RAY, namespace, "rayservices", theirs)
+    before = get_rs(api, namespace, "llama")
+    assert before is not None
+    api.create_namespaced_custom_object(
+        c.GROUP, c.VERSION, namespace, c.PLURAL, llmservice(namespace)
+    )
+    svc = wait_ready_reason(api, namespace, "llama", "Conflict")
+    assert "no LLMService controls it" in condition(svc, "Ready")["message"]
+    assert condition(svc, "Degraded")["status"] == "True"
+    assert warned(core, namespace, "llama", "Conflict")
+    after = get_rs(api, namespace, "llama")
+    assert after is not None and after["spec"] == before["spec"]
+    assert not after["metadata"].get("ownerReferences")
+    managers = {m["manager"] for m in after["metadata"].get("managedFields") or []}
+    assert c.FIELD_MANAGER not in managers, managers  # KubeRay writes its status; we write nothing
+
+    # Its owner removes it: the LLMService gets its own on the next resync.
+    api.delete_namespaced_custom_object(*RAY, namespace, "rayservices", "llama")
+    rs = wait_rs(
+        api, namespace, "llama",
+        lambda rs: (rs["metadata"].get("ownerReferences") or [{}])[0].get("kind") == "LLMService",
+        "the operator's own RayService",
+    )  # fmt: skip
+    assert (
+        rs["metadata"]["ownerReferences"][0]["uid"]
+        == get_svc(api, namespace, "llama")["metadata"]["uid"]
+    )
+
+
 def test_invalid_spec_is_reported_and_nothing_is_applied(
     operator: OperatorProcess, api: client.CustomObjectsApi, core: client.CoreV1Api, namespace: str
 ) -> None:

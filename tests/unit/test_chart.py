@@ -43,6 +43,7 @@ MATRIX: dict[str, list[str]] = {
 NAMESPACED_RULES = {
     ("llmservice.dev", "llmservices"): {"get", "list", "watch", "patch"},
     ("llmservice.dev", "llmservices/status"): {"patch"},
+    ("llmservice.dev", "llmservices/finalizers"): {"update"},
     ("ray.io", "rayservices"): {"get", "list", "watch", "create", "patch"},
     ("ray.io", "rayclusters"): {"get", "patch"},
     ("", "pods"): {"list"},

@@ -151,3 +151,28 @@ def test_an_unchanged_world_writes_nothing() -> None:
     writes = len(kube.statuses)
     reconcile(kube, body, "resync")
     assert len(kube.statuses) == writes and kube.cluster_patches == []
+
+
+def test_a_rayservice_this_llmservice_does_not_control_is_never_adopted() -> None:
+    kube = FakeKube()
+    foreign = {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayService",
+        "metadata": {"name": "tiny", "namespace": NS, "generation": 1, "labels": {"team": "x"}},
+        "spec": {"serveConfigV2": "applications: []\n"},
+    }
+    kube.rayservices[(NS, "tiny")] = copy.deepcopy(foreign)
+    with pytest.raises(kopf.PermanentError, match="not adopting"):
+        reconcile(kube, tiny(), "create")
+    assert kube.rayservices[(NS, "tiny")] == foreign  # untouched: no apply, no owner reference
+    ready = kube.statuses[-1]["conditions"][0]
+    assert (ready["status"], ready["reason"]) == ("False", "Conflict")
+    assert kube.events[-1][:2] == ("Warning", "Conflict")
+
+    # An earlier LLMService of the same name (another uid) owns it: still not ours.
+    foreign["metadata"]["ownerReferences"] = [
+        {"kind": "LLMService", "name": "tiny", "uid": "old-uid", "controller": True}
+    ]
+    kube.rayservices[(NS, "tiny")] = copy.deepcopy(foreign)
+    with pytest.raises(kopf.PermanentError, match="old-uid"):
+        reconcile(kube, tiny(), "resync")

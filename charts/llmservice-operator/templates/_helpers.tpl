@@ -81,6 +81,11 @@ llmservice_operator/k8s.py and kopf's watches, patches and events.
 - apiGroups: ["llmservice.dev"]
   resources: ["llmservices/status"]
   verbs: ["patch"]
+# Owner references with blockOwnerDeletion (the RayService's, to its LLMService) need update on
+# the owner's finalizers subresource where OwnerReferencesPermissionEnforcement is on.
+- apiGroups: ["llmservice.dev"]
+  resources: ["llmservices/finalizers"]
+  verbs: ["update"]
 # The rendered child: read before applying, server-side applied (an apply that creates the object
 # needs create as well as patch), and watched for KubeRay status and drift. Never deleted: owner
 # references let the garbage collector do that.
