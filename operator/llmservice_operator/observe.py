@@ -11,7 +11,7 @@ that could not be read is ``None``: it counts as nothing running, never as the l
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -72,24 +72,14 @@ class ServeApp:
 
 
 @dataclass(frozen=True)
-class WorkerGroup:
-    name: str
-    replicas: int | None
-    min_replicas: int | None
-    max_replicas: int | None
-
-
-@dataclass(frozen=True)
 class Cluster:
     """One RayCluster of the RayService and what runs on it."""
 
     name: str
-    groups: tuple[WorkerGroup, ...]
     ready_workers: int  # worker pods Running and ready (KubeRay's readyWorkerReplicas)
     failure: str | None  # KubeRay's ReplicaFailure condition or a failed state, with its message
     head_service: str
     serve: ServeApp | None = None  # None: Ray's Serve API did not answer (or no app yet)
-    worker_pods: tuple[tuple[str, str | None], ...] = ()  # (pod name, pod IP) of live workers
 
 
 @dataclass(frozen=True)
@@ -102,7 +92,6 @@ class Observation:
     kuberay_rejection: str | None = None  # KubeRay's InvalidRayService* event message
     apply_error: str | None = None  # the API server refused our apply
     conflict: str | None = None  # a same-named RayService that this LLMService does not control
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def foreign(rayservice: Mapping[str, Any] | None, owner_uid: str | None) -> str | None:
@@ -137,17 +126,7 @@ def cluster_names(rayservice: Mapping[str, Any] | None) -> tuple[str | None, str
 
 def parse_cluster(raycluster: Mapping[str, Any]) -> Cluster:
     meta = raycluster.get("metadata") or {}
-    spec = raycluster.get("spec") or {}
     status = raycluster.get("status") or {}
-    groups = tuple(
-        WorkerGroup(
-            name=str(g.get("groupName")),
-            replicas=g.get("replicas"),
-            min_replicas=g.get("minReplicas"),
-            max_replicas=g.get("maxReplicas"),
-        )
-        for g in spec.get("workerGroupSpecs") or []
-    )
     failure = None
     for cond in status.get("conditions") or []:
         if cond.get("type") == "ReplicaFailure" and cond.get("status") == "True":
@@ -158,7 +137,6 @@ def parse_cluster(raycluster: Mapping[str, Any]) -> Cluster:
     head_service = ((status.get("head") or {}).get("serviceName")) or f"{name}-head-svc"
     return Cluster(
         name=name,
-        groups=groups,
         ready_workers=int(status.get("readyWorkerReplicas") or 0),
         failure=failure,
         head_service=head_service,

@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 
 from llmservice_operator import constants as c
+from tests.cluster.objects import condition
 from tests.e2e.conftest import Ground
-from tests.e2e.world import NotYet, Timeline, condition
+from tests.e2e.world import NotYet, Timeline
 from tests.support.loadgen import LoadGenerator, LoadReport
 from tests.support.raypods import DEFAULT_SUBNET, parse_quantity
 

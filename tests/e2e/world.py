@@ -27,6 +27,7 @@ from llmservice_operator.k8s import Kube
 from llmservice_operator.observe import ServeApp, cluster_names, parse_cluster, parse_serve
 from llmservice_operator.render import SERVE_APP_NAME
 from tests.cluster.harness import wait_for
+from tests.cluster.objects import condition
 
 LLMSVC = ("llmservice.dev", "v1alpha1", "llmservices")
 # How far status may trail Ray: the tests' operator resyncs every 5 s (TIMER_INTERVAL_S).
@@ -37,13 +38,6 @@ T = TypeVar("T")
 
 class NotYet(Exception):
     """Raised by a wait check: its message is what the timeout error quotes."""
-
-
-def condition(obj: dict[str, Any], ctype: str) -> dict[str, Any]:
-    for cond in (obj.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == ctype:
-            return dict(cond)
-    return {}
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,6 @@ def cluster(
 ) -> Cluster:
     return Cluster(
         name=name,
-        groups=(),
         ready_workers=ready_workers,
         failure=failure,
         head_service=f"{name}-head-svc",
