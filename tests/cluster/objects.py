@@ -43,6 +43,26 @@ def get_rs(api: client.CustomObjectsApi, ns: str, name: str) -> dict[str, Any] |
     return obj
 
 
+def raycluster(api: client.CustomObjectsApi, ns: str, name: str) -> dict[str, Any] | None:
+    """The RayCluster the RayService serves from (or, before the first switch, brings up)."""
+    rs = get_rs(api, ns, name)
+    status = (rs or {}).get("status") or {}
+    cluster_name = (status.get("activeServiceStatus") or {}).get("rayClusterName") or (
+        status.get("pendingServiceStatus") or {}
+    ).get("rayClusterName")
+    if not cluster_name:
+        return None
+    try:
+        obj: dict[str, Any] = api.get_namespaced_custom_object(
+            *RAY, ns, "rayclusters", cluster_name
+        )
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return obj
+
+
 def serve_args(rs: dict[str, Any]) -> dict[str, Any]:
     args: dict[str, Any] = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]["args"]
     return args

@@ -17,39 +17,18 @@ from kubernetes import client
 from llmservice_operator import constants as c
 from tests.cluster.harness import wait_for
 from tests.cluster.objects import (
-    RAY,
     WAIT_S,
     condition,
-    get_rs,
     get_svc,
     llmservice,
     patch_spec,
+    raycluster,
     wait_rs,
 )
 from tests.cluster.operator_process import OperatorProcess
 from tests.unit.examples import example_services
 
 pytestmark = pytest.mark.cluster
-
-
-def raycluster(api: client.CustomObjectsApi, ns: str, name: str) -> dict[str, Any] | None:
-    """The RayCluster the RayService serves from (or, before the first switch, brings up)."""
-    rs = get_rs(api, ns, name)
-    status = (rs or {}).get("status") or {}
-    cluster_name = (status.get("activeServiceStatus") or {}).get("rayClusterName") or (
-        status.get("pendingServiceStatus") or {}
-    ).get("rayClusterName")
-    if not cluster_name:
-        return None
-    try:
-        obj: dict[str, Any] = api.get_namespaced_custom_object(
-            *RAY, ns, "rayclusters", cluster_name
-        )
-    except client.ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
-    return obj
 
 
 def sizes(rc: dict[str, Any]) -> tuple[Any, Any, Any]:

@@ -379,6 +379,16 @@ class LLMServiceSpec(_Model):
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
     rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="How changes roll out.")
+    service_account_name: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+        description=(
+            "ServiceAccount the Ray pods run as, with its token mounted (for example for "
+            "workload identity to a model bucket). Unset: the namespace's default account and "
+            "no token in any Ray container (only the autoscaler sidecar gets one)."
+        ),
+    )
 
     def ongoing_requests_limit(self) -> int:
         """maxOngoingRequests as rendered: the explicit value, else the engine's batch size."""

@@ -153,6 +153,67 @@ def _env(svc: LLMService) -> list[dict[str, Any]]:
     return env
 
 
+# The Ray images' own user (rayproject/ray*: `ray`, uid 1000, group `users`, gid 100): running as
+# it keeps the home directory and Ray's /tmp/ray writable without any chown.
+RAY_UID = 1000
+RAY_GID = 100
+# What the `restricted` Pod Security Standard asks of a pod and of each container. KubeRay copies
+# a worker's container securityContext onto the wait-gcs-ready init container it injects, and the
+# autoscaler sidecar takes autoscalerOptions.securityContext, so every container is covered.
+POD_SECURITY: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "runAsUser": RAY_UID,
+    "runAsGroup": RAY_GID,
+    "fsGroup": RAY_GID,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SECURITY: dict[str, Any] = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+}
+# Without a ServiceAccount of the user's choice no Ray container holds an API token. The one
+# container that needs one, KubeRay's autoscaler sidecar (its own ServiceAccount, which KubeRay
+# binds to a Role that may patch the RayCluster), gets the same projected token the kubelet would
+# mount, mounted into that container alone.
+SA_TOKEN_VOLUME = "autoscaler-api-access"
+SA_TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
+_SA_TOKEN_SOURCES: list[dict[str, Any]] = [
+    {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+    {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+    {
+        "downwardAPI": {
+            "items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]
+        }
+    },
+]
+
+
+def _pod_access(spec: LLMServiceSpec, autoscaler: bool) -> dict[str, Any]:
+    """ServiceAccount and token fields of one pod spec (head: autoscaler says if it has one)."""
+    if spec.service_account_name is not None:
+        return {
+            "serviceAccountName": spec.service_account_name,
+            "automountServiceAccountToken": True,
+        }
+    access: dict[str, Any] = {"automountServiceAccountToken": False}
+    if autoscaler:
+        access["volumes"] = [{"name": SA_TOKEN_VOLUME, "projected": {"sources": _SA_TOKEN_SOURCES}}]
+    return access
+
+
+def _autoscaler_options(spec: LLMServiceSpec) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "upscalingMode": "Default",
+        "idleTimeoutSeconds": 300,
+        "securityContext": CONTAINER_SECURITY,
+    }
+    if spec.service_account_name is None:
+        options["volumeMounts"] = [
+            {"name": SA_TOKEN_VOLUME, "mountPath": SA_TOKEN_PATH, "readOnly": True}
+        ]
+    return options
+
+
 def _group_context(svc: LLMService, g: WorkerGroupPlan) -> dict[str, Any]:
     spec = svc.spec
     gpu_resource = spec.gpu.resource_name if spec.gpu is not None else ""
@@ -166,6 +227,7 @@ def _group_context(svc: LLMService, g: WorkerGroupPlan) -> dict[str, Any]:
         "node_selector": g.node_selector,
         "tolerations": g.tolerations,
         "pod_labels": {**_pod_labels(svc), c.LABEL_POOL: g.name},
+        "access": _pod_access(spec, autoscaler=False),
         "resources": _resources(res.cpu, res.memory, g.gpus_per_pod, gpu_resource),
     }
 
@@ -186,6 +248,10 @@ def render_rayservice(svc: LLMService) -> dict[str, Any]:
         "env": _env(svc),
         "pod_labels": _pod_labels(svc),
         "head_resources": _resources(spec.head_resources.cpu, spec.head_resources.memory),
+        "head_access": _pod_access(spec, autoscaler=p.autoscaling),
+        "autoscaler_options": _autoscaler_options(spec),
+        "pod_security": POD_SECURITY,
+        "container_security": CONTAINER_SECURITY,
         "serve_port": c.SERVE_PORT,
         "worker_groups": [_group_context(svc, g) for g in p.worker_groups],
     }

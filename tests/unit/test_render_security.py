@@ -1,0 +1,98 @@
+"""Rendered Ray pods meet the `restricted` Pod Security Standard and hold no API token unasked.
+
+The cluster test (tests/cluster/test_security.py) has the API server's PodSecurity admission
+judge the pods KubeRay makes; these pin the rendered fields that make it pass, for every example.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from llmservice_operator.render import SA_TOKEN_PATH, render_rayservice
+from llmservice_operator.validate import parse
+from tests.unit.examples import example_services
+
+EXAMPLES = example_services()
+
+
+def _pods(rs: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    cluster = rs["spec"]["rayClusterConfig"]
+    yield "head", cluster["headGroupSpec"]["template"]["spec"]
+    for group in cluster.get("workerGroupSpecs") or []:
+        yield group["groupName"], group["template"]["spec"]
+
+
+def _restricted_violations(pod: dict[str, Any], extra: list[dict[str, Any]]) -> list[str]:
+    """The checks of the restricted profile (v1.30+) that a pod template can fail."""
+    found = []
+    psc = pod.get("securityContext") or {}
+    if (psc.get("seccompProfile") or {}).get("type") not in ("RuntimeDefault", "Localhost"):
+        found.append("pod seccompProfile")
+    for ctr in [*pod["containers"], *extra]:
+        sc = ctr.get("securityContext") or {}
+        if sc.get("allowPrivilegeEscalation") is not False:
+            found.append(f"{ctr['name']}: allowPrivilegeEscalation")
+        if (sc.get("capabilities") or {}).get("drop") != ["ALL"]:
+            found.append(f"{ctr['name']}: capabilities.drop")
+        if not (sc.get("runAsNonRoot") or psc.get("runAsNonRoot")):
+            found.append(f"{ctr['name']}: runAsNonRoot")
+        if sc.get("runAsUser", psc.get("runAsUser")) == 0:
+            found.append(f"{ctr['name']}: runAsUser 0")
+    for vol in pod.get("volumes") or []:
+        kinds = set(vol) - {"name"}
+        if not kinds <= {"emptyDir", "projected", "configMap", "secret", "persistentVolumeClaim"}:
+            found.append(f"volume {vol['name']}: {kinds}")
+    return found
+
+
+@pytest.mark.parametrize("case", sorted(EXAMPLES))
+def test_every_pod_meets_restricted(case: str) -> None:
+    rs = render_rayservice(parse(EXAMPLES[case]))
+    cluster = rs["spec"]["rayClusterConfig"]
+    # KubeRay's autoscaler sidecar takes its securityContext from autoscalerOptions.
+    sidecar = []
+    if cluster["enableInTreeAutoscaling"]:
+        opts = cluster["autoscalerOptions"]
+        sidecar = [{"name": "autoscaler", "securityContext": opts["securityContext"]}]
+    for name, pod in _pods(rs):
+        assert _restricted_violations(pod, sidecar if name == "head" else []) == [], name
+
+
+@pytest.mark.parametrize("case", sorted(EXAMPLES))
+def test_no_ray_container_gets_a_token_unasked(case: str) -> None:
+    rs = render_rayservice(parse(EXAMPLES[case]))
+    cluster = rs["spec"]["rayClusterConfig"]
+    for name, pod in _pods(rs):
+        assert pod["automountServiceAccountToken"] is False, name
+        assert "serviceAccountName" not in pod, name
+        for ctr in pod["containers"]:
+            mounts = [m["mountPath"] for m in ctr.get("volumeMounts") or []]
+            assert SA_TOKEN_PATH not in mounts, (name, ctr["name"])
+    head = cluster["headGroupSpec"]["template"]["spec"]
+    if cluster["enableInTreeAutoscaling"]:
+        # ...but the autoscaler, which patches the RayCluster, mounts the projected token.
+        (mount,) = cluster["autoscalerOptions"]["volumeMounts"]
+        assert mount["mountPath"] == SA_TOKEN_PATH and mount["readOnly"] is True
+        (volume,) = head["volumes"]
+        assert volume["name"] == mount["name"]
+        sources = volume["projected"]["sources"]
+        assert any("serviceAccountToken" in s for s in sources)
+    else:
+        assert "volumes" not in head and "autoscalerOptions" not in cluster
+
+
+@pytest.mark.parametrize("case", ["llama-8b-l4", "autoscaling"])
+def test_a_named_service_account_gets_its_token_everywhere(case: str) -> None:
+    obj = copy.deepcopy(EXAMPLES[case])
+    obj["spec"]["serviceAccountName"] = "model-reader"
+    rs = render_rayservice(parse(obj))
+    cluster = rs["spec"]["rayClusterConfig"]
+    for name, pod in _pods(rs):
+        assert pod["serviceAccountName"] == "model-reader", name
+        assert pod["automountServiceAccountToken"] is True, name
+        assert "volumes" not in pod, name
+    assert "volumeMounts" not in cluster.get("autoscalerOptions", {})
