@@ -127,6 +127,7 @@ def operator_config(args: argparse.Namespace) -> OperatorConfig:
         peering_name=args.peering,
         standalone=args.standalone,
         **({"priority": args.priority} if args.priority else {}),
+        **({"serve_api": args.serve_api} if args.serve_api else {}),
     )
 
 
@@ -203,6 +204,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--standalone", action="store_true", help="no peering (exactly one replica)")
     p.add_argument(
         "--priority", type=int, default=0, help="kopf peering priority (default: random)"
+    )
+    p.add_argument(
+        "--serve-api",
+        choices=["auto", "direct", "proxy"],
+        default=None,
+        help="read Ray Serve's state from each head's dashboard directly or through the API "
+        "server's service proxy (default auto: direct in a pod)",
     )
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_operator)

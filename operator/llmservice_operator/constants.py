@@ -29,5 +29,9 @@ LABEL_POOL: Final = f"{GROUP}/pool"
 
 ANNOTATION_SPEC_HASH: Final = f"{GROUP}/spec-hash"
 
-# Ray Serve's HTTP port inside the cluster; KubeRay's serve Service exposes it.
+# Ray's ports as KubeRay sets them (ray-operator/controllers/ray/utils/constant.go, Default*Port;
+# tests/cluster/test_security.py checks them against the module): Serve's HTTP port (KubeRay's
+# serve Service exposes it), the head's dashboard (Serve's REST API) and the metrics exporter.
 SERVE_PORT: Final = 8000
+DASHBOARD_PORT: Final = 8265
+METRICS_PORT: Final = 8080

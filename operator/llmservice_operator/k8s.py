@@ -91,9 +91,16 @@ def _higher_peer_alive(peers: Mapping[str, Any], priority: int) -> bool:
 class Kube:
     """Thin typed facade over the generated client for the few calls we need."""
 
-    def __init__(self, api_client: client.ApiClient | None = None) -> None:
+    def __init__(
+        self, api_client: client.ApiClient | None = None, serve_direct: bool = False
+    ) -> None:
+        # serve_direct: read Ray Serve's state from http://<head svc>.<ns>.svc:8265 (an operator
+        # in a pod, as KubeRay does), else through the API server's service proxy.
+        self.serve_direct = serve_direct
+        self._http = urllib3.PoolManager(retries=False) if serve_direct else None
         self.custom = client.CustomObjectsApi(api_client)
         self.core = client.CoreV1Api(api_client)
+        self.networking = client.NetworkingV1Api(api_client)
 
     def list_llmservices(self, namespaces: list[str]) -> list[dict[str, Any]]:
         """Every LLMService in the watched namespaces (all namespaces when none are given)."""
@@ -208,6 +215,47 @@ class Kube:
             )
             return cast(dict[str, Any], applied)
 
+    def get_networkpolicy(self, namespace: str, name: str) -> dict[str, Any] | None:
+        with classified(f"get NetworkPolicy {namespace}/{name}"):
+            try:
+                obj = self.networking.read_namespaced_network_policy(
+                    name, namespace, _request_timeout=REQUEST_TIMEOUT_S
+                )
+            except ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
+            return cast(dict[str, Any], self.core.api_client.sanitize_for_serialization(obj))
+
+    def apply_networkpolicy(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """Server-side apply, like the RayService's (same field manager, force)."""
+        meta = obj["metadata"]
+        with classified(f"apply NetworkPolicy {meta['namespace']}/{meta['name']}"):
+            applied = self.networking.patch_namespaced_network_policy(
+                meta["name"],
+                meta["namespace"],
+                dict(obj),
+                field_manager=c.FIELD_MANAGER,
+                force=True,
+                _content_type=APPLY_PATCH,
+                _request_timeout=REQUEST_TIMEOUT_S,
+            )
+            return cast(dict[str, Any], self.core.api_client.sanitize_for_serialization(applied))
+
+    def delete_networkpolicy(self, namespace: str, name: str, uid: str) -> None:
+        """Delete our NetworkPolicy (UID precondition: never a same-named successor)."""
+        with classified(f"delete NetworkPolicy {namespace}/{name}"):
+            try:
+                self.networking.delete_namespaced_network_policy(
+                    name,
+                    namespace,
+                    body=client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid)),
+                    _request_timeout=REQUEST_TIMEOUT_S,
+                )
+            except ApiException as exc:
+                if exc.status not in (404, 409):  # gone, or replaced meanwhile: not ours
+                    raise
+
     def get_llmservice(self, namespace: str, name: str) -> dict[str, Any] | None:
         with classified(f"get LLMService {namespace}/{name}"):
             try:
@@ -293,10 +341,14 @@ class Kube:
     def serve_details(self, namespace: str, head_service: str) -> dict[str, Any] | None:
         """Ray Serve's view of its applications, or None when Ray does not answer.
 
-        The same call KubeRay makes (``GET /api/serve/applications/?api_type=declarative``),
-        through the API server's service proxy, so the operator needs no route into the pod
-        network. Not answering is a normal state (Ray still starting), never an error.
+        The same call KubeRay makes (``GET /api/serve/applications/?api_type=declarative``):
+        directly to the head's dashboard from a pod (the rendered NetworkPolicy lets the
+        operator's pods in), else through the API server's service proxy, which needs no route
+        into the pod network. Not answering is a normal state (Ray still starting), never an
+        error.
         """
+        if self._http is not None:
+            return self._serve_details_direct(namespace, head_service)
         path = (
             f"/api/v1/namespaces/{namespace}/services/{head_service}:dashboard/proxy/"
             f"{SERVE_DETAILS_PATH}"
@@ -316,6 +368,25 @@ class Kube:
                 return None
             body = json.loads(resp.read() or b"{}")
         except (ApiException, ValueError, *TRANSPORT_ERRORS) as exc:
+            log.debug("Serve API of %s/%s not answering: %s", namespace, head_service, exc)
+            return None
+        return body if isinstance(body, dict) else None
+
+    def _serve_details_direct(self, namespace: str, head_service: str) -> dict[str, Any] | None:
+        assert self._http is not None
+        url = (
+            f"http://{head_service}.{namespace}.svc:{c.DASHBOARD_PORT}/{SERVE_DETAILS_PATH}"
+            "?api_type=declarative"
+        )
+        try:
+            resp = self._http.request(
+                "GET", url, headers={"Accept": "application/json"}, timeout=SERVE_API_TIMEOUT_S
+            )
+            if resp.status != 200:
+                log.debug("Serve API of %s/%s: HTTP %s", namespace, head_service, resp.status)
+                return None
+            body = json.loads(resp.data or b"{}")
+        except (ValueError, *TRANSPORT_ERRORS) as exc:
             log.debug("Serve API of %s/%s not answering: %s", namespace, head_service, exc)
             return None
         return body if isinstance(body, dict) else None

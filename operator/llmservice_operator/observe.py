@@ -94,24 +94,24 @@ class Observation:
     conflict: str | None = None  # a same-named RayService that this LLMService does not control
 
 
-def foreign(rayservice: Mapping[str, Any] | None, owner_uid: str | None) -> str | None:
-    """Why a live RayService is not ours to change (None: ours, or none at all).
+def foreign(child: Mapping[str, Any] | None, owner_uid: str | None) -> str | None:
+    """Why a live child (RayService, NetworkPolicy) is not ours to change (None: ours, or none).
 
-    Ours means controlled by this very LLMService (its UID, not just its name): a RayService
+    Ours means controlled by this very LLMService (its UID, not just its name): an object
     made by hand, by another tool, or for an earlier LLMService of the same name that the
     garbage collector has not removed yet, is never adopted or overwritten.
     """
-    if rayservice is None or owner_uid is None:
+    if child is None or owner_uid is None:
         return None
-    meta = rayservice.get("metadata") or {}
+    meta = child.get("metadata") or {}
     controller = next((r for r in meta.get("ownerReferences") or [] if r.get("controller")), None)
     if controller is not None and controller.get("uid") == owner_uid:
         return None
-    name = meta.get("name")
+    what = f"{child.get('kind') or 'RayService'} {meta.get('name')}"
     if controller is None:
-        return f"RayService {name} exists and no LLMService controls it"
+        return f"{what} exists and no LLMService controls it"
     return (
-        f"RayService {name} is controlled by {controller.get('kind')} "
+        f"{what} is controlled by {controller.get('kind')} "
         f"{controller.get('name')} (uid {controller.get('uid')})"
     )
 

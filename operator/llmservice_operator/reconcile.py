@@ -14,6 +14,7 @@ import dataclasses
 import datetime as dt
 import logging
 import random
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any, NoReturn, cast
@@ -132,11 +133,14 @@ def reconcile(
         metrics.RECONCILES.labels(result="invalid").inc()
         raise kopf.PermanentError(f"invalid spec: {message}") from None
 
-    children = [_owned(child, body) for child in render(svc)]
-    (rayservice,) = children
+    rayservice, *rest = [_owned(child, body) for child in render(svc)]
+    policy = rest[0] if rest else None
     name, namespace = rayservice["metadata"]["name"], rayservice["metadata"]["namespace"]
     live = kube.get_rayservice(namespace, name)
-    conflict = foreign(live, meta.get("uid"))
+    live_policy = kube.get_networkpolicy(namespace, name)
+    conflict = foreign(live, meta.get("uid")) or (
+        foreign(live_policy, meta.get("uid")) if policy is not None else None
+    )
     if conflict is not None:
         return _refuse_foreign(kube, body, svc, conflict, previous)
     apply_error: str | None = None
@@ -153,6 +157,11 @@ def reconcile(
             message = f"RayService {name} {action} ({trigger}, spec hash {hash_})"
             kube.post_event(body, "Normal", "Applied", message)
             metrics.APPLIES.labels(action=action).inc()
+    try:
+        # After the RayService: the policy's own watch event then finds both children in place.
+        _sync_policy(kube, body, policy, live_policy, trigger)
+    except kopf.PermanentError as exc:
+        apply_error = "; ".join(filter(None, [apply_error, str(exc)]))
 
     p = plan(svc.spec)
     obs = observe(kube, body, svc, p, live, apply_error)
@@ -166,6 +175,28 @@ def reconcile(
     metrics.RECONCILES.labels(result="ok").inc()
     metrics.LATENCY.observe(time.perf_counter() - started)
     return to_wire(status)
+
+
+def _sync_policy(
+    kube: Kube,
+    body: Mapping[str, Any],
+    want: dict[str, Any] | None,
+    live: Mapping[str, Any] | None,
+    trigger: str,
+) -> None:
+    """Apply the rendered NetworkPolicy when it drifted; delete ours when it was switched off."""
+    meta = body["metadata"]
+    if want is None:
+        if live is not None and foreign(live, meta.get("uid")) is None:
+            live_meta = live["metadata"]
+            kube.delete_networkpolicy(live_meta["namespace"], live_meta["name"], live_meta["uid"])
+            kube.post_event(body, "Normal", "Deleted", f"NetworkPolicy {live_meta['name']} deleted")
+        return
+    if _needs_apply(want, live):
+        kube.apply_networkpolicy(want)
+        action = "created" if live is None else "updated"
+        name = want["metadata"]["name"]
+        kube.post_event(body, "Normal", "Applied", f"NetworkPolicy {name} {action} ({trigger})")
 
 
 def _refuse_foreign(
@@ -288,8 +319,8 @@ def _desired(svc: LLMService, p: Plan) -> Desired:
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     """Every kopf setting in one place, then the periodic resync."""
     config: OperatorConfig = memo.setdefault("config", OperatorConfig.from_env())
-    config.load_kube_config()
-    memo["kube"] = Kube()
+    in_cluster = config.load_kube_config()
+    memo["kube"] = Kube(serve_direct=config.serve_api_direct(in_cluster))
     # Our own prefixes: kopf's bookkeeping never collides with another kopf operator's.
     settings.persistence.finalizer = f"{c.GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=c.GROUP)
@@ -394,31 +425,69 @@ def on_llmservice(body: kopf.Body, memo: kopf.Memo, reason: str, retry: int, **_
         raise kopf.TemporaryError(str(exc), delay=delay) from exc
 
 
+# One reconcile per object at a time, whichever trigger (kopf's handler, a child's event, the
+# resync) brought it: they run on different threads and would otherwise interleave their reads
+# and writes. Per object, so different objects still reconcile in parallel.
+_LOCKS: dict[tuple[str, str], threading.RLock] = {}
+_LOCKS_GUARD = threading.Lock()
+# (uid, generation) each object was last reconciled at: a trigger holding an older copy of the
+# spec (a resync pass listed it before an edit) must not apply it over the newer one.
+_RECONCILED: dict[tuple[str, str], tuple[str, int]] = {}
+
+
+def object_lock(namespace: str, name: str) -> threading.RLock:
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault((namespace, name), threading.RLock())
+
+
+def _stale(key: tuple[str, str], meta: Mapping[str, Any]) -> bool:
+    seen = _RECONCILED.get(key)
+    generation = meta.get("generation")
+    if seen is None or generation is None or seen[0] != meta.get("uid"):
+        return False
+    return int(generation) < seen[1]
+
+
 def _counted(kube: Kube, body: Mapping[str, Any], trigger: str, attempt: int = 0) -> None:
-    try:
-        reconcile(kube, body, trigger, attempt)
-    except kopf.TemporaryError:
-        metrics.ERRORS.labels(kind="temporary").inc()
-        raise
-    except kopf.PermanentError:
-        metrics.ERRORS.labels(kind="permanent").inc()
-        raise
+    meta = body["metadata"]
+    key = (meta["namespace"], meta["name"])
+    with object_lock(*key):
+        if _stale(key, meta):
+            log.debug("%s/%s: skipping an older copy of the spec (%s)", *key, trigger)
+            return
+        try:
+            reconcile(kube, body, trigger, attempt)
+        except kopf.TemporaryError:
+            metrics.ERRORS.labels(kind="temporary").inc()
+            raise
+        except kopf.PermanentError:
+            metrics.ERRORS.labels(kind="permanent").inc()
+            raise
+        finally:
+            if meta.get("uid") and meta.get("generation") is not None:
+                _RECONCILED[key] = (str(meta["uid"]), int(meta["generation"]))
 
 
 @kopf.on.event(RAY_GROUP, RAY_VERSION, RAYSERVICES, labels={c.LABEL_MANAGED_BY: c.FIELD_MANAGER})
-def on_rayservice(
+@kopf.on.event(
+    "networking.k8s.io", "v1", "networkpolicies", labels={c.LABEL_MANAGED_BY: c.FIELD_MANAGER}
+)
+def on_child(
     body: kopf.Body, memo: kopf.Memo, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any
 ) -> None:
-    """Any change to an owned RayService (KubeRay status, a hand edit, a delete)."""
+    """Any change to an owned child: KubeRay status, a hand edit, a delete (drift repair)."""
     owner = body["metadata"].get("labels", {}).get(c.LABEL_LLMSERVICE)
     if not owner:
         return
     kube: Kube = memo["kube"]
-    parent = kube.get_llmservice(body["metadata"]["namespace"], owner)
-    if parent is None or parent["metadata"].get("deletionTimestamp"):
-        return  # the owner is gone or going: garbage collection removes the child
+    namespace = body["metadata"]["namespace"]
     try:
-        _counted(kube, parent, trigger="rayservice-event")
+        # The parent is read under its lock: a reconcile that ran meanwhile is then seen whole.
+        with object_lock(namespace, owner):
+            parent = kube.get_llmservice(namespace, owner)
+            if parent is None or parent["metadata"].get("deletionTimestamp"):
+                return  # the owner is gone or going: garbage collection removes the child
+            _counted(kube, parent, trigger=f"{str(body.get('kind', 'child')).lower()}-event")
     except (kopf.PermanentError, kopf.TemporaryError) as exc:
         # Event handlers are not retried: the LLMService's own handlers and timer are.
         logger.warning("not reconciling %s now: %s", owner, exc)

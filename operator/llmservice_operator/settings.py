@@ -28,6 +28,10 @@ class OperatorConfig:
     # own. Random by default, so replicas of one Deployment are a leader and hot standbys.
     priority: int = field(default_factory=lambda: random.randint(1, 2**30))
     max_workers: int = 8
+    # How Ray Serve's state is read from each head's dashboard: "direct" over the pod network
+    # (what KubeRay does by default), "proxy" through the API server's service proxy (KubeRay's
+    # --use-kubernetes-proxy), "auto": direct in a pod, proxy from outside the cluster.
+    serve_api: str = "auto"
 
     @classmethod
     def from_env(cls) -> OperatorConfig:
@@ -42,6 +46,7 @@ class OperatorConfig:
             standalone=_env("STANDALONE", "false").lower() in ("1", "true", "yes"),
             priority=int(_env("PRIORITY", "0")) or random.randint(1, 2**30),
             max_workers=int(_env("MAX_WORKERS", "8")),
+            serve_api=_env("SERVE_API", "auto"),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -56,12 +61,24 @@ class OperatorConfig:
             ENV_PREFIX + "STANDALONE": str(self.standalone).lower(),
             ENV_PREFIX + "PRIORITY": str(self.priority),
             ENV_PREFIX + "MAX_WORKERS": str(self.max_workers),
+            ENV_PREFIX + "SERVE_API": self.serve_api,
         }
 
     @staticmethod
-    def load_kube_config() -> None:
-        """In a pod: its ServiceAccount; elsewhere: KUBECONFIG or ~/.kube/config."""
+    def load_kube_config() -> bool:
+        """In a pod: its ServiceAccount; elsewhere: KUBECONFIG or ~/.kube/config.
+
+        Returns whether the operator runs in a pod (inside the cluster network).
+        """
         try:
             kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
         except kubernetes.config.ConfigException:
             kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
+            return False
+        return True
+
+    def serve_api_direct(self, in_cluster: bool) -> bool:
+        """Whether to read Ray Serve's state over the pod network (see ``serve_api``)."""
+        if self.serve_api not in ("auto", "direct", "proxy"):
+            raise ValueError(f"serve API mode {self.serve_api!r}: expected auto, direct or proxy")
+        return self.serve_api == "direct" or (self.serve_api == "auto" and in_cluster)

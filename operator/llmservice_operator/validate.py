@@ -7,6 +7,7 @@ before a rule existed. The CLI and the operator run the same function.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -63,6 +64,7 @@ def _check(spec: LLMServiceSpec) -> Iterator[FieldError]:
     yield from _check_scale(spec)
     yield from _check_engine(spec)
     yield from _check_gpu(spec)
+    yield from _check_network(spec)
 
 
 def _check_name(name: str) -> Iterator[FieldError]:
@@ -171,6 +173,41 @@ def _check_gpu(spec: LLMServiceSpec) -> Iterator[FieldError]:
     for i, name in enumerate(names):
         if name in names[:i]:
             yield FieldError(f"spec.gpu.pools[{i}].name", f"duplicate pool name {name!r}")
+
+
+def _check_network(spec: LLMServiceSpec) -> Iterator[FieldError]:
+    policy = spec.network_policy
+    for field, peers in (
+        ("servingFrom", policy.serving_from),
+        ("dashboardFrom", policy.dashboard_from),
+    ):
+        for i, peer in enumerate(peers):
+            path = f"spec.networkPolicy.{field}[{i}]"
+            if (peer.ip_block is None) == (
+                peer.namespace_selector is None and peer.pod_selector is None
+            ):
+                yield FieldError(
+                    path, "set ipBlock, or namespaceSelector and/or podSelector, not both"
+                )
+            if peer.ip_block is None:
+                continue
+            yield from _check_cidrs(f"{path}.ipBlock", peer.ip_block.cidr, peer.ip_block.except_)
+
+
+def _check_cidrs(path: str, cidr: str, excepts: list[str]) -> Iterator[FieldError]:
+    try:
+        block = ipaddress.ip_network(cidr, strict=True)
+    except ValueError as exc:
+        yield FieldError(f"{path}.cidr", f"{cidr!r} is not a CIDR ({exc})")
+        return
+    for j, text in enumerate(excepts):
+        try:
+            inner = ipaddress.ip_network(text, strict=True)
+        except ValueError as exc:
+            yield FieldError(f"{path}.except[{j}]", f"{text!r} is not a CIDR ({exc})")
+            continue
+        if inner.version != block.version or not inner.subnet_of(block):  # type: ignore[arg-type]
+            yield FieldError(f"{path}.except[{j}]", f"{text} is not inside cidr {cidr}")
 
 
 def _max_replicas(spec: LLMServiceSpec) -> int:

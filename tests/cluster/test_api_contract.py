@@ -97,7 +97,14 @@ def test_kuberay_accepts_every_rendered_rayservice(
     cluster: LocalCluster, namespace: str, case: str
 ) -> None:
     custom = client.CustomObjectsApi(cluster.api_client)
-    (rayservice,) = render(parse(_in(namespace, EXAMPLES[case])))
+    rayservice, policy = render(parse(_in(namespace, EXAMPLES[case])))
+    # The NetworkPolicy against the real networking/v1 schema, unknown fields refused.
+    net = client.NetworkingV1Api(cluster.api_client)
+    for dry_run in ("All", None):
+        made = net.create_namespaced_network_policy(
+            namespace, policy, dry_run=dry_run, field_validation="Strict"
+        )
+        assert made.metadata.name == policy["metadata"]["name"]
     group, version = rayservice["apiVersion"].split("/")
     for dry_run in ("All", None):
         created = custom.create_namespaced_custom_object(

@@ -190,6 +190,7 @@ def test_helm_install_upgrade_uninstall(
     role = rbac.read_cluster_role(name)
     assert {r.api_groups[0] for r in role.rules} == {
         "apiextensions.k8s.io", "llmservice.dev", "ray.io", "", "events.k8s.io",
+        "networking.k8s.io",
     }  # fmt: skip
     binding = rbac.read_cluster_role_binding(name)
     assert [(s.kind, s.name, s.namespace) for s in binding.subjects] == [

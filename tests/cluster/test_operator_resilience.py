@@ -81,8 +81,10 @@ def _wait_reconciles(operator: OperatorProcess, before: Metrics, count: int, wha
 def _applied_events(core: client.CoreV1Api, namespace: str, name: str) -> list[str]:
     events = core.list_namespaced_event(namespace).items
     return [
-        str(e.message) for e in events if e.reason == "Applied" and e.involved_object.name == name
-    ]
+        str(e.message) for e in events
+        if e.reason == "Applied" and e.involved_object.name == name
+        and str(e.message).startswith("RayService")
+    ]  # fmt: skip
 
 
 def _items(

@@ -10,6 +10,9 @@ namespace.
 from __future__ import annotations
 
 import copy
+import re
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,8 +21,8 @@ from kubernetes import client
 from llmservice_operator import constants as c
 from llmservice_operator.render import SA_TOKEN_PATH, render_rayservice
 from llmservice_operator.validate import parse
-from tests.cluster.harness import wait_for
-from tests.cluster.objects import RAY, WAIT_S, llmservice, raycluster
+from tests.cluster.harness import REPO_ROOT, LocalCluster, wait_for
+from tests.cluster.objects import RAY, WAIT_S, get_svc, llmservice, patch_spec, raycluster
 from tests.cluster.operator_process import OperatorProcess
 
 pytestmark = pytest.mark.cluster
@@ -130,3 +133,82 @@ def test_without_the_rendered_security_context_the_pods_are_rejected(
     (message, *_) = wait_for("KubeRay's FailedToCreateHeadPod event", rejected, WAIT_S)
     assert "restricted:latest" in message and "allowPrivilegeEscalation" in message
     assert _pods(core, namespace, rc_name) == []
+
+
+def kuberay_ports() -> dict[str, int]:
+    """KubeRay's Default*Port constants, from the very module the test ground's KubeRay runs."""
+    module = subprocess.run(
+        ["go", "list", "-m", "-f", "{{.Dir}}", "github.com/ray-project/kuberay/ray-operator"],
+        cwd=REPO_ROOT / "hack" / "tools" / "kuberay",
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    source = (Path(module) / "controllers" / "ray" / "utils" / "constant.go").read_text()
+    return {m[1]: int(m[2]) for m in re.finditer(r"\bDefault(\w+)Port\s*=\s*(\d+)", source)}
+
+
+def _policy(net: client.NetworkingV1Api, ns: str, name: str) -> dict[str, Any] | None:
+    try:
+        obj = net.read_namespaced_network_policy(name, ns)
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return dict(client.ApiClient().sanitize_for_serialization(obj))
+
+
+def test_the_networkpolicy_closes_rays_ports_and_is_owned_and_repaired(
+    operator: OperatorProcess,
+    api: client.CustomObjectsApi,
+    core: client.CoreV1Api,
+    cluster: LocalCluster,
+    namespace: str,
+) -> None:
+    net = client.NetworkingV1Api(cluster.api_client)
+    api.create_namespaced_custom_object(
+        c.GROUP, c.VERSION, namespace, c.PLURAL, llmservice(namespace, replicas=1)
+    )
+    policy = wait_for("NetworkPolicy llama", lambda: _policy(net, namespace, "llama"), WAIT_S)
+    svc = get_svc(api, namespace, "llama")
+    (owner,) = policy["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["uid"], owner["controller"]) == (
+        "LLMService",
+        svc["metadata"]["uid"],
+        True,
+    )
+
+    ports = kuberay_ports()
+    rules = policy["spec"]["ingress"]
+    open_to_all = {p["port"] for r in rules if "from" not in r for p in r["ports"]}
+    assert open_to_all == {ports["Serving"], ports["Metrics"]}
+    (dashboard,) = [r for r in rules if r.get("ports") and "from" in r]
+    assert [p["port"] for p in dashboard["ports"]] == [ports["Dashboard"]]
+    callers = {p["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for p in dashboard["from"]}
+    assert callers == {"kuberay-operator", "llmservice-operator"}
+    (internal,) = [r for r in rules if "ports" not in r]
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    assert internal["from"] == [{"podSelector": {"matchLabels": selector}}]
+
+    # The policy selects every pod KubeRay made, and every port those pods declare that is not
+    # open to all is one KubeRay knows as a Ray-internal or dashboard port.
+    pods = _running(core, namespace, _cluster_name(api, namespace, "llama"), {"head", "worker"})
+    declared = set()
+    for pod in pods:
+        assert selector.items() <= pod.metadata.labels.items(), pod.metadata.name
+        declared |= {p.container_port for ctr in pod.spec.containers for p in ctr.ports or []}
+    closed = {ports[k] for k in ("GcsServer", "Dashboard", "Client", "DashboardAgentListen")}
+    assert declared - open_to_all <= closed and not closed & open_to_all
+    assert {ports["GcsServer"], ports["Dashboard"], ports["Client"]} <= declared
+
+    # A hand edit that opens everything (one allow-all rule) is drift: the operator repairs it.
+    net.patch_namespaced_network_policy(
+        "llama", namespace, {"spec": {"ingress": [{}]}}, field_manager="someone"
+    )
+    wait_for(
+        "the operator to repair the NetworkPolicy",
+        lambda: (p := _policy(net, namespace, "llama")) and p["spec"] == policy["spec"],
+        WAIT_S,
+    )
+
+    # Switched off: the operator deletes its policy (users who bring their own keep only theirs).
+    patch_spec(api, namespace, "llama", {"networkPolicy": {"enabled": False}})
+    wait_for("NetworkPolicy gone", lambda: _policy(net, namespace, "llama") is None, WAIT_S)

@@ -39,6 +39,8 @@ class FakeKube:
     def __init__(self) -> None:
         self.rayservices: dict[tuple[str, str], dict[str, Any]] = {}
         self.rayclusters: dict[tuple[str, str], dict[str, Any]] = {}
+        self.networkpolicies: dict[tuple[str, str], dict[str, Any]] = {}
+        self.policy_writes: list[tuple[str, str]] = []  # (apply|delete, name)
         self.pods: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self.serve: dict[tuple[str, str], dict[str, Any]] = {}  # (ns, head service) -> details
         self.statuses: list[dict[str, Any]] = []
@@ -64,6 +66,26 @@ class FakeKube:
         new["status"] = live.get("status", {})
         self.rayservices[key] = new
         return copy.deepcopy(new)
+
+    def get_networkpolicy(self, namespace: str, name: str) -> dict[str, Any] | None:
+        obj = self.networkpolicies.get((namespace, name))
+        return copy.deepcopy(obj) if obj else None
+
+    def apply_networkpolicy(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        if self.apply_hook is not None:
+            self.apply_hook(obj)
+        meta = obj["metadata"]
+        new = copy.deepcopy(dict(obj))
+        new["metadata"] = {**new["metadata"], "uid": f"uid-np-{meta['name']}"}
+        self.networkpolicies[(meta["namespace"], meta["name"])] = new
+        self.policy_writes.append(("apply", meta["name"]))
+        return copy.deepcopy(new)
+
+    def delete_networkpolicy(self, namespace: str, name: str, uid: str) -> None:
+        live = self.networkpolicies.get((namespace, name))
+        if live is not None and live["metadata"].get("uid") == uid:
+            del self.networkpolicies[(namespace, name)]
+            self.policy_writes.append(("delete", name))
 
     def get_raycluster(self, namespace: str, name: str) -> dict[str, Any] | None:
         obj = self.rayclusters.get((namespace, name))

@@ -46,6 +46,7 @@ NAMESPACED_RULES = {
     ("llmservice.dev", "llmservices/finalizers"): {"update"},
     ("ray.io", "rayservices"): {"get", "list", "watch", "create", "patch"},
     ("ray.io", "rayclusters"): {"get", "patch"},
+    ("networking.k8s.io", "networkpolicies"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "pods"): {"list"},
     ("", "services/proxy"): {"get"},
     ("", "events"): {"create", "list"},
@@ -198,7 +199,14 @@ def test_rbac_has_no_wildcards_and_no_secrets(case: str) -> None:
         assert "*" not in text, f"wildcard in {role['kind']}/{role['metadata']['name']}"
         for rule in role["rules"]:
             assert "secrets" not in rule["resources"]
-            assert "delete" not in rule["verbs"] and "deletecollection" not in rule["verbs"]
+            assert "deletecollection" not in rule["verbs"]
+            # The one delete: our own NetworkPolicy when spec.networkPolicy.enabled turns false
+            # (an allow-all policy instead would add to, and so undo, the user's own policies).
+            if "delete" in rule["verbs"]:
+                assert (rule["apiGroups"], rule["resources"]) == (
+                    ["networking.k8s.io"],
+                    ["networkpolicies"],
+                )
             assert not rule.get("nonResourceURLs")
 
 

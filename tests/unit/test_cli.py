@@ -13,10 +13,13 @@ from tests.unit.examples import EXAMPLES
 TINY = str(EXAMPLES / "tiny.yaml")
 
 
-def test_render_prints_rayservice(capsys: pytest.CaptureFixture[str]) -> None:
+def test_render_prints_rayservice_then_networkpolicy(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["render", "-f", TINY]) == 0
-    (obj,) = list(yaml.safe_load_all(capsys.readouterr().out))
-    assert obj["kind"] == "RayService" and obj["metadata"]["name"] == "tiny"
+    objs = list(yaml.safe_load_all(capsys.readouterr().out))
+    assert [(o["kind"], o["metadata"]["name"]) for o in objs] == [
+        ("RayService", "tiny"),
+        ("NetworkPolicy", "tiny"),
+    ]
 
 
 def test_validate_ok(capsys: pytest.CaptureFixture[str]) -> None:

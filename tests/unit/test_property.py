@@ -80,6 +80,7 @@ def test_validate_and_render_never_crash(spec: dict[str, Any]) -> None:
     except InvalidSpecError as exc:
         assert exc.errors and all(e.path and e.reason for e in exc.errors)
         return
-    (rs,) = render(svc)
+    rs, *rest = render(svc)
     assert rs["kind"] == "RayService"
+    assert [o["kind"] for o in rest] == ["NetworkPolicy"] * svc.spec.network_policy.enabled
     yaml.safe_load(rs["spec"]["serveConfigV2"])

@@ -8,7 +8,7 @@ from typing import Any
 import kopf
 import pytest
 
-from llmservice_operator.reconcile import reconcile
+from llmservice_operator.reconcile import _counted, reconcile
 from tests.unit.examples import example_services
 from tests.unit.fake_kube import FakeKube
 from tests.unit.test_scale import SERVE_DETAILS
@@ -176,3 +176,59 @@ def test_a_rayservice_this_llmservice_does_not_control_is_never_adopted() -> Non
     kube.rayservices[(NS, "tiny")] = copy.deepcopy(foreign)
     with pytest.raises(kopf.PermanentError, match="old-uid"):
         reconcile(kube, tiny(), "resync")
+
+
+def test_the_networkpolicy_is_created_repaired_and_removed_when_switched_off() -> None:
+    kube = FakeKube()
+    reconcile(kube, tiny(), "create")
+    policy = copy.deepcopy(kube.networkpolicies[(NS, "tiny")])
+    assert policy["metadata"]["ownerReferences"][0]["uid"] == "u1"
+    assert kube.policy_writes == [("apply", "tiny")]
+    reconcile(kube, tiny(), "resync")
+    assert kube.policy_writes == [("apply", "tiny")]  # unchanged: no write
+
+    # A hand edit that opens the dashboard to everyone is drift: the next reconcile repairs it.
+    kube.networkpolicies[(NS, "tiny")]["spec"]["ingress"][-1].pop("from")
+    reconcile(kube, tiny(), "networkpolicy-event")
+    assert kube.networkpolicies[(NS, "tiny")]["spec"] == policy["spec"]
+
+    reconcile(kube, tiny(networkPolicy={"enabled": False}), "update")
+    assert (NS, "tiny") not in kube.networkpolicies
+    assert kube.policy_writes[-1] == ("delete", "tiny")
+
+
+def test_a_networkpolicy_this_llmservice_does_not_control_is_left_alone() -> None:
+    kube = FakeKube()
+    theirs = {
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "tiny", "namespace": NS, "uid": "np-uid"},
+        "spec": {"podSelector": {}},
+    }
+    kube.networkpolicies[(NS, "tiny")] = copy.deepcopy(theirs)
+    with pytest.raises(kopf.PermanentError, match="NetworkPolicy tiny exists"):
+        reconcile(kube, tiny(), "create")
+    assert kube.networkpolicies[(NS, "tiny")] == theirs and kube.rayservices == {}
+    # Switched off, ours would be deleted; theirs is still never touched.
+    reconcile(kube, tiny(networkPolicy={"enabled": False}), "update")
+    assert kube.networkpolicies[(NS, "tiny")] == theirs
+
+
+def test_an_older_copy_of_the_spec_never_overwrites_a_newer_one() -> None:
+    """A resync pass that listed the object before an edit must not roll the edit back."""
+    kube = FakeKube()
+    newer = tiny(replicas=2)
+    newer["metadata"].update(name="stale-check", generation=2)
+    older = copy.deepcopy(newer)
+    older["metadata"]["generation"] = 1
+    older["spec"]["replicas"] = 1
+    _counted(kube, newer, "update")
+    applied = copy.deepcopy(kube.rayservices[(NS, "stale-check")]["spec"])
+    _counted(kube, older, "resync")  # listed before the edit, reconciled after it
+    assert kube.rayservices[(NS, "stale-check")]["spec"] == applied
+    # A new object of the same name (another uid, the old one's children collected) starts
+    # again at generation 1: not stale.
+    older["metadata"]["uid"] = "u2"
+    kube.rayservices.clear()
+    kube.networkpolicies.clear()
+    _counted(kube, older, "create")
+    assert kube.rayservices[(NS, "stale-check")]["spec"] != applied

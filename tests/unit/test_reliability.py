@@ -8,10 +8,11 @@ from typing import Any
 import kopf
 import pytest
 import urllib3
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from llmservice_operator import metrics
-from llmservice_operator.k8s import ALL_NAMESPACES, classified
+from llmservice_operator.k8s import ALL_NAMESPACES, Kube, classified
 from llmservice_operator.reconcile import _resync_forever, backoff_delay
 from llmservice_operator.settings import OperatorConfig
 
@@ -104,3 +105,39 @@ def test_a_standby_lists_nothing() -> None:
 
     asyncio.run(run())
     assert kube.calls == 0
+
+
+def test_serve_state_is_read_directly_from_the_head_in_a_pod(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In a pod the operator calls the head's dashboard like KubeRay (the NetworkPolicy lets it)."""
+    kube = Kube(client.ApiClient(), serve_direct=True)
+    asked: list[str] = []
+
+    class Answer:
+        status = 200
+        data = b'{"applications": {}}'
+
+    def request(method: str, url: str, **_: object) -> Answer:
+        asked.append(f"{method} {url}")
+        return Answer()
+
+    monkeypatch.setattr(kube._http, "request", request)
+    assert kube.serve_details("team", "tiny-abc-head-svc") == {"applications": {}}
+    assert asked == [
+        "GET http://tiny-abc-head-svc.team.svc:8265/api/serve/applications/?api_type=declarative"
+    ]
+
+    def refused(method: str, url: str, **_: object) -> Answer:
+        raise urllib3.exceptions.NewConnectionError(None, "refused")  # type: ignore[arg-type]
+
+    monkeypatch.setattr(kube._http, "request", refused)
+    assert kube.serve_details("team", "tiny-abc-head-svc") is None  # Ray not up: nothing runs
+
+
+@pytest.mark.parametrize(
+    ("mode", "in_cluster", "direct"),
+    [("auto", True, True), ("auto", False, False), ("proxy", True, False), ("direct", False, True)],
+)
+def test_serve_api_mode(mode: str, in_cluster: bool, direct: bool) -> None:
+    assert OperatorConfig(serve_api=mode).serve_api_direct(in_cluster) is direct

@@ -97,6 +97,27 @@ BAD = [
         "needs 2 CPUs",
     ),
     ({**BASE, "metadata": {"name": "9lives"}}, "metadata.name", "DNS-1035"),
+    (
+        with_spec(networkPolicy={"dashboardFrom": [{"ipBlock": {"cidr": "10.0.0.1/8"}}]}),
+        "spec.networkPolicy.dashboardFrom[0].ipBlock.cidr",
+        "not a CIDR",
+    ),
+    (
+        with_spec(
+            networkPolicy={
+                "servingFrom": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["192.168.0.0/16"]}}]
+            }
+        ),
+        "spec.networkPolicy.servingFrom[0].ipBlock.except[0]",
+        "not inside cidr",
+    ),
+    (
+        with_spec(
+            networkPolicy={"servingFrom": [{"ipBlock": {"cidr": "10.0.0.0/8"}, "podSelector": {}}]}
+        ),
+        "spec.networkPolicy.servingFrom[0]",
+        "not both",
+    ),
 ]
 
 

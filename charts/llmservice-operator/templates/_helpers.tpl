@@ -98,6 +98,11 @@ llmservice_operator/k8s.py and kopf's watches, patches and events.
 - apiGroups: ["ray.io"]
   resources: ["rayclusters"]
   verbs: ["get", "patch"]
+# The rendered NetworkPolicy of each LLMService's Ray pods: read, server-side applied, watched
+# for drift, and deleted (UID precondition) only when spec.networkPolicy.enabled turns false.
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # Which worker pods host no Serve replica, so a scale-down removes an idle one.
 - apiGroups: [""]
   resources: ["pods"]

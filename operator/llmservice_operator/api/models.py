@@ -295,6 +295,79 @@ class RolloutSpec(_Model):
     )
 
 
+# --- network ---------------------------------------------------------------
+
+
+class LabelSelector(_Model):
+    """A label selector (matchLabels only); empty selects everything."""
+
+    match_labels: dict[str, str] = Field(
+        default_factory=dict, description="Labels that must all match."
+    )
+
+
+class IPBlock(_Model):
+    """A CIDR range (networking.k8s.io/v1 IPBlock)."""
+
+    cidr: str = Field(min_length=1, max_length=64, description="CIDR, e.g. 10.0.0.0/16.")
+    except_: list[str] = Field(
+        default_factory=list,
+        alias="except",
+        max_length=32,
+        description="CIDRs inside cidr to leave out.",
+    )
+
+
+class NetworkPeer(_Model):
+    """Who may connect (a NetworkPolicyPeer): pods by namespace and pod labels, or an IP block."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "has(self.ipBlock) != (has(self.namespaceSelector) || has(self.podSelector))",
+                "set ipBlock, or namespaceSelector and/or podSelector, not both",
+            )
+        )
+    )
+
+    namespace_selector: LabelSelector | None = Field(
+        default=None, description="Namespaces (unset: the LLMService's own namespace)."
+    )
+    pod_selector: LabelSelector | None = Field(
+        default=None, description="Pods in those namespaces (unset: all of them)."
+    )
+    ip_block: IPBlock | None = Field(default=None, description="An IP range instead.")
+
+
+class NetworkPolicySpec(_Model):
+    """The NetworkPolicy rendered beside the RayService: who may reach which Ray port."""
+
+    enabled: bool = Field(
+        default=True,
+        description=(
+            "Render and own a NetworkPolicy for the Ray pods. It takes effect only where the "
+            "cluster's CNI enforces NetworkPolicies (Calico, Cilium, Antrea, ...)."
+        ),
+    )
+    serving_from: list[NetworkPeer] = Field(
+        default_factory=list,
+        max_length=32,
+        description=(
+            "Who may call the OpenAI API (the serve port). Empty: any client in the cluster."
+        ),
+    )
+    dashboard_from: list[NetworkPeer] = Field(
+        default_factory=list,
+        max_length=32,
+        description=(
+            "Who else may reach the Ray dashboard (its job API runs code), beside this Ray "
+            "cluster's own pods and the KubeRay and LLMService operators' pods. Add the control "
+            "plane's CIDR here where the operators reach Ray through the API server's proxy "
+            "and the CNI filters traffic from it."
+        ),
+    )
+
+
 # --- the spec --------------------------------------------------------------
 
 
@@ -379,6 +452,10 @@ class LLMServiceSpec(_Model):
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
     rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="How changes roll out.")
+    network_policy: NetworkPolicySpec = Field(
+        default_factory=NetworkPolicySpec,
+        description="Which Ray ports are reachable, and from where (on by default).",
+    )
     service_account_name: str | None = Field(
         default=None,
         max_length=253,

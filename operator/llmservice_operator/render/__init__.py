@@ -15,7 +15,7 @@ import jinja2
 import yaml
 
 from llmservice_operator import constants as c
-from llmservice_operator.api.models import LLMService, LLMServiceSpec, RolloutStrategy
+from llmservice_operator.api.models import LLMService, LLMServiceSpec, NetworkPeer, RolloutStrategy
 from llmservice_operator.plan import Plan, WorkerGroupPlan, plan
 from serve_app.args import AutoscalingArgs, DeploymentArgs, LLMAppArgs
 from serve_app.tuning import GPU_SERVE_ENV, GPU_STREAM_BATCHING_INTERVAL_MS
@@ -260,6 +260,40 @@ def render_rayservice(svc: LLMService) -> dict[str, Any]:
     return obj
 
 
+# The operators that call a Ray cluster's dashboard, by the name label their Helm charts give
+# their pods, in any namespace.
+OPERATOR_PEERS: list[dict[str, Any]] = [
+    {"namespaceSelector": {}, "podSelector": {"matchLabels": {c.LABEL_NAME: name}}}
+    for name in ("kuberay-operator", "llmservice-operator")
+]
+
+
+def _peers(peers: list[NetworkPeer]) -> list[dict[str, Any]]:
+    return [p.model_dump(mode="json", by_alias=True, exclude_none=True) for p in peers]
+
+
+def render_networkpolicy(svc: LLMService) -> dict[str, Any] | None:
+    """The NetworkPolicy of the LLMService's Ray pods, or None when spec.networkPolicy is off."""
+    spec = svc.spec.network_policy
+    if not spec.enabled:
+        return None
+    context = {
+        "name": svc.metadata.name,
+        "namespace": svc.metadata.namespace,
+        "labels": _labels(svc),
+        "annotations": {c.ANNOTATION_SPEC_HASH: spec_hash(svc.spec)},
+        "pod_selector": {c.LABEL_LLMSERVICE: svc.metadata.name},
+        "serve_port": c.SERVE_PORT,
+        "metrics_port": c.METRICS_PORT,
+        "dashboard_port": c.DASHBOARD_PORT,
+        "serving_from": _peers(spec.serving_from),
+        "dashboard_from": [*OPERATOR_PEERS, *_peers(spec.dashboard_from)],
+    }
+    text = _environment().get_template("networkpolicy.yaml.j2").render(context)
+    obj: dict[str, Any] = yaml.load(text, Loader=_Loader)
+    return obj
+
+
 def container_env(rayservice: dict[str, Any]) -> dict[str, str]:
     """Literal env vars of a rendered RayService's Ray containers (Secret references left out).
 
@@ -274,4 +308,5 @@ def container_env(rayservice: dict[str, Any]) -> dict[str, str]:
 
 def render(svc: LLMService) -> list[dict[str, Any]]:
     """Every child object of one LLMService, RayService first."""
-    return [render_rayservice(svc)]
+    policy = render_networkpolicy(svc)
+    return [render_rayservice(svc), *([policy] if policy is not None else [])]
