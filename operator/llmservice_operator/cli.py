@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 from llmservice_operator.api.models import LLMService
 from llmservice_operator.errors import FieldError, InvalidSpecError
 from llmservice_operator.render import container_env, render
-from llmservice_operator.validate import parse
+from llmservice_operator.validate import parse, warnings
 from llmservice_operator.yamlio import dump_all, load_all
 
 EXIT_OK, EXIT_DIFF, EXIT_INVALID = 0, 1, 2
@@ -86,7 +86,10 @@ def cmd_render(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     services = _load_services(args.file)
     for svc in services:
-        print(f"ok: {svc.metadata.namespace}/{svc.metadata.name}")
+        name = f"{svc.metadata.namespace}/{svc.metadata.name}"
+        for warning in warnings(svc.spec):
+            print(f"warning: {name}: {warning}", file=sys.stderr)
+        print(f"ok: {name}")
     return EXIT_OK
 
 

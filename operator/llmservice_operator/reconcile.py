@@ -46,7 +46,7 @@ from llmservice_operator.status import (
     to_wire,
     without_times,
 )
-from llmservice_operator.validate import parse
+from llmservice_operator.validate import parse, warnings
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +167,8 @@ def reconcile(
     obs = observe(kube, body, svc, p, live, apply_error)
     status = compute_status(_desired(svc, p), obs, previous)
     changed = _write_status(kube, body, status, previous)
+    if status.warnings and status.warnings != previous.get("warnings"):
+        kube.post_event(body, "Warning", "UnsafeSpec", "; ".join(status.warnings))
     if apply_error is not None:
         if changed:
             kube.post_event(body, "Warning", "ApplyFailed", apply_error)
@@ -309,6 +311,7 @@ def _desired(svc: LLMService, p: Plan) -> Desired:
         namespace=svc.metadata.namespace,
         workers=None if p.autoscaling else sum(g.replicas or 0 for g in p.worker_groups),
         route_prefix=svc.spec.route_prefix,
+        warnings=tuple(str(w) for w in warnings(svc.spec)),
     )
 
 

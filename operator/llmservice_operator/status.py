@@ -98,6 +98,7 @@ class Desired:
     namespace: str
     workers: int | None = None  # worker pods the plan wants (None when autoscaling)
     route_prefix: str = "/"
+    warnings: tuple[str, ...] = ()  # validate.warnings of the spec, "path: reason" each
 
 
 def _cond(
@@ -214,6 +215,7 @@ def _status(
         active_version=active_version,
         pending_version=pending_version,
         ray_service_name=desired.rayservice_name,
+        warnings=list(desired.warnings) or None,
     )
 
 

@@ -55,6 +55,27 @@ def parse(obj: Mapping[str, Any]) -> LLMService:
     return svc
 
 
+# Env names that usually hold a credential: their values belong in a Secret (valueFrom).
+_CREDENTIAL_NAME = re.compile(
+    r"(SECRET|TOKEN|PASSW(OR)?D|CREDENTIAL|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY|AUTH)", re.IGNORECASE
+)
+
+
+def warnings(spec: LLMServiceSpec) -> list[FieldError]:
+    """Choices that work but are unsafe: reported (CLI, an Event, status), never refused."""
+    found = []
+    for i, var in enumerate(spec.env):
+        if var.value and _CREDENTIAL_NAME.search(var.name):
+            found.append(
+                FieldError(
+                    f"spec.env[{i}].value",
+                    f"{var.name} looks like a credential but is a literal value, stored in the "
+                    "LLMService, its history and Git: use valueFrom.secretKeyRef",
+                )
+            )
+    return found
+
+
 def check_spec(spec: LLMServiceSpec) -> list[FieldError]:
     return list(_check(spec))
 
@@ -65,6 +86,7 @@ def _check(spec: LLMServiceSpec) -> Iterator[FieldError]:
     yield from _check_engine(spec)
     yield from _check_gpu(spec)
     yield from _check_network(spec)
+    yield from _check_env(spec)
 
 
 def _check_name(name: str) -> Iterator[FieldError]:
@@ -173,6 +195,23 @@ def _check_gpu(spec: LLMServiceSpec) -> Iterator[FieldError]:
     for i, name in enumerate(names):
         if name in names[:i]:
             yield FieldError(f"spec.gpu.pools[{i}].name", f"duplicate pool name {name!r}")
+
+
+def _check_env(spec: LLMServiceSpec) -> Iterator[FieldError]:
+    # The same rules as the CRD's CEL, for the CLI and for objects stored before them.
+    for i, var in enumerate(spec.env):
+        src = var.value_from
+        if src is None:
+            continue
+        if var.value is not None:
+            yield FieldError(f"spec.env[{i}]", "set value or valueFrom, not both")
+        if (src.secret_key_ref is None) == (src.config_map_key_ref is None):
+            yield FieldError(
+                f"spec.env[{i}].valueFrom", "set exactly one of secretKeyRef and configMapKeyRef"
+            )
+    for i, env_from in enumerate(spec.env_from):
+        if (env_from.secret_ref is None) == (env_from.config_map_ref is None):
+            yield FieldError(f"spec.envFrom[{i}]", "set exactly one of secretRef and configMapRef")
 
 
 def _check_network(spec: LLMServiceSpec) -> Iterator[FieldError]:

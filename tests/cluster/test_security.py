@@ -10,6 +10,7 @@ namespace.
 from __future__ import annotations
 
 import copy
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -24,8 +25,10 @@ from llmservice_operator.validate import parse
 from tests.cluster.harness import REPO_ROOT, LocalCluster, wait_for
 from tests.cluster.objects import RAY, WAIT_S, get_svc, llmservice, patch_spec, raycluster
 from tests.cluster.operator_process import OperatorProcess
+from tests.unit.examples import example_services
 
 pytestmark = pytest.mark.cluster
+EXAMPLES = example_services()
 
 RESTRICTED = {
     "pod-security.kubernetes.io/enforce": "restricted",
@@ -212,3 +215,47 @@ def test_the_networkpolicy_closes_rays_ports_and_is_owned_and_repaired(
     # Switched off: the operator deletes its policy (users who bring their own keep only theirs).
     patch_spec(api, namespace, "llama", {"networkPolicy": {"enabled": False}})
     wait_for("NetworkPolicy gone", lambda: _policy(net, namespace, "llama") is None, WAIT_S)
+
+
+def test_s3_credentials_from_a_secret_are_never_copied_anywhere(
+    operator: OperatorProcess,
+    api: client.CustomObjectsApi,
+    core: client.CoreV1Api,
+    cluster: LocalCluster,
+    namespace: str,
+) -> None:
+    secret_value = f"s3cr3t-{namespace}"  # distinctive: any copy of it anywhere is found
+    core.create_namespaced_secret(
+        namespace,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name="model-bucket"),
+            string_data={"access-key-id": "AKIA-test", "secret-access-key": secret_value},
+        ),
+    )
+    svc = copy.deepcopy(EXAMPLES["llama-8b-s3"])
+    svc["metadata"] = {"name": "s3", "namespace": namespace}
+    api.create_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.PLURAL, svc)
+    pods = _running(core, namespace, _cluster_name(api, namespace, "s3"), {"head", "worker"})
+    for pod in pods:
+        env = {e.name: e for e in pod.spec.containers[0].env}
+        ref = env["AWS_SECRET_ACCESS_KEY"].value_from.secret_key_ref
+        assert (ref.name, ref.key) == ("model-bucket", "secret-access-key")
+        assert env["AWS_SECRET_ACCESS_KEY"].value is None
+
+    # Everything the operator, kopf and KubeRay wrote: the LLMService (spec, status, kopf's
+    # last-handled-configuration annotation), RayService, RayCluster, pods, NetworkPolicy, events.
+    serialize = client.ApiClient().sanitize_for_serialization
+    written = [
+        api.get_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.PLURAL, "s3"),
+        *api.list_namespaced_custom_object(*RAY, namespace, "rayservices")["items"],
+        *api.list_namespaced_custom_object(*RAY, namespace, "rayclusters")["items"],
+        serialize(core.list_namespaced_pod(namespace)),
+        serialize(
+            client.NetworkingV1Api(cluster.api_client).list_namespaced_network_policy(namespace)
+        ),
+        serialize(core.list_namespaced_event(namespace)),
+        serialize(core.list_namespaced_config_map(namespace)),
+    ]
+    text = json.dumps(written)
+    assert "secretKeyRef" in text and "last-handled-configuration" in text
+    assert secret_value not in text

@@ -519,3 +519,23 @@ def test_every_value_is_documented_in_values_and_readme() -> None:
     assert rows == documented, "regenerate the README's values table"
     schema = json.loads((CHART / "values.schema.json").read_text())
     assert set(schema["properties"]) - {"global"} == {p.split(".")[0] for p in every}
+
+
+def test_guardrails_are_off_by_default_and_on_render_a_policy_and_binding() -> None:
+    assert not by_kind(render(), "ValidatingAdmissionPolicy")
+    objs = render(
+        "--set", "guardrails.enabled=true",
+        "--set-json", 'guardrails.allowedImagePrefixes=["registry.example.com/"]',
+        "--set-json", 'guardrails.validationActions=["Warn","Audit"]',
+    )  # fmt: skip
+    policy = one(objs, "ValidatingAdmissionPolicy")
+    binding = one(objs, "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert binding["spec"]["validationActions"] == ["Warn", "Audit"]
+    variables = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}
+    assert json.loads(variables["images"]) == ["registry.example.com/"]  # a CEL list literal
+    assert policy["spec"]["failurePolicy"] == "Fail"
+    # Every rule's message starts with the field it is about.
+    for rule in policy["spec"]["validations"]:
+        text = rule.get("message") or rule["messageExpression"].lstrip('"')
+        assert text.startswith("spec."), text

@@ -232,3 +232,22 @@ def test_an_older_copy_of_the_spec_never_overwrites_a_newer_one() -> None:
     kube.networkpolicies.clear()
     _counted(kube, older, "create")
     assert kube.rayservices[(NS, "stale-check")]["spec"] != applied
+
+
+def test_a_literal_credential_is_an_event_and_a_status_warning_once() -> None:
+    kube = FakeKube()
+    body = tiny(env=[{"name": "AWS_SECRET_ACCESS_KEY", "value": "abc123"}])
+    body["status"] = reconcile(kube, body, "create")
+    assert body["status"]["warnings"] == [
+        "spec.env[0].value: AWS_SECRET_ACCESS_KEY looks like a credential but is a literal "
+        "value, stored in the LLMService, its history and Git: use valueFrom.secretKeyRef"
+    ]
+    assert next(e for e in kube.events if e[1] == "UnsafeSpec")[0] == "Warning"
+    assert (NS, "tiny") in kube.rayservices  # applied all the same
+    reconcile(kube, body, "resync")
+    assert len([e for e in kube.events if e[1] == "UnsafeSpec"]) == 1  # not on every resync
+
+    secret = {"secretKeyRef": {"name": "s3", "key": "secret"}}
+    fixed = tiny(env=[{"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": secret}])
+    fixed["status"] = body["status"]
+    assert reconcile(kube, fixed, "update")["warnings"] is None

@@ -14,6 +14,7 @@ import pytest
 
 from llmservice_operator.render import SA_TOKEN_PATH, render_rayservice
 from llmservice_operator.validate import parse
+from llmservice_operator.validate import warnings as validate_warnings
 from tests.unit.examples import example_services
 
 EXAMPLES = example_services()
@@ -96,3 +97,34 @@ def test_a_named_service_account_gets_its_token_everywhere(case: str) -> None:
         assert pod["automountServiceAccountToken"] is True, name
         assert "volumes" not in pod, name
     assert "volumeMounts" not in cluster.get("autoscalerOptions", {})
+
+
+def test_credentials_from_a_secret_render_as_references_only() -> None:
+    obj = copy.deepcopy(EXAMPLES["llama-8b-s3"])
+    rs = render_rayservice(parse(obj))
+    for _, pod in _pods(rs):
+        (ctr,) = pod["containers"]
+        env = {e["name"]: e for e in ctr["env"]}
+        assert env["AWS_SECRET_ACCESS_KEY"] == {
+            "name": "AWS_SECRET_ACCESS_KEY",
+            "valueFrom": {"secretKeyRef": {"name": "model-bucket", "key": "secret-access-key"}},
+        }
+        assert env["AWS_REGION"] == {"name": "AWS_REGION", "value": "us-east-1"}
+        assert ctr["envFrom"] == [
+            {"configMapRef": {"name": "model-bucket-endpoint", "optional": True}}
+        ]
+    assert validate_warnings(parse(obj).spec) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "warned"),
+    [("AWS_SECRET_ACCESS_KEY", True), ("OPENAI_API_KEY", True), ("DB_PASSWORD", True),
+     ("HF_TOKEN", True), ("VLLM_LOGGING_LEVEL", False), ("AWS_REGION", False)],
+)  # fmt: skip
+def test_a_literal_credential_is_warned_about_not_refused(name: str, warned: bool) -> None:
+    obj = copy.deepcopy(EXAMPLES["tiny"])
+    obj["spec"]["env"] = [{"name": name, "value": "abc123"}]
+    found = validate_warnings(parse(obj).spec)  # parses: a warning never rejects the spec
+    assert [w.path for w in found] == (["spec.env[0].value"] if warned else [])
+    if warned:
+        assert "valueFrom.secretKeyRef" in found[0].reason

@@ -118,6 +118,29 @@ BAD = [
         "spec.networkPolicy.servingFrom[0]",
         "not both",
     ),
+    (
+        with_spec(
+            env=[
+                {
+                    "name": "A",
+                    "value": "x",
+                    "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}},
+                }
+            ]
+        ),
+        "spec.env[0]",
+        "not both",
+    ),
+    (
+        with_spec(env=[{"name": "A", "valueFrom": {}}]),
+        "spec.env[0].valueFrom",
+        "exactly one of secretKeyRef and configMapKeyRef",
+    ),
+    (
+        with_spec(envFrom=[{"prefix": "S3_"}]),
+        "spec.envFrom[0]",
+        "exactly one of secretRef and configMapRef",
+    ),
 ]
 
 

@@ -269,13 +269,82 @@ def _head_default() -> Resources:
     return Resources(cpu="2", memory="8Gi")
 
 
+class KeyRef(_Model):
+    """A key of a Secret or ConfigMap in the LLMService's namespace."""
+
+    name: str = Field(min_length=1, max_length=253, description="Name of the Secret/ConfigMap.")
+    key: str = Field(min_length=1, max_length=253, description="The key whose value is used.")
+    optional: bool | None = Field(default=None, description="Start even if it is missing.")
+
+
+class EnvVarSource(_Model):
+    """Where an env var's value comes from: one Secret or ConfigMap key."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "has(self.secretKeyRef) != has(self.configMapKeyRef)",
+                "set exactly one of secretKeyRef and configMapKeyRef",
+            )
+        )
+    )
+
+    secret_key_ref: KeyRef | None = Field(default=None, description="A Secret's key.")
+    config_map_key_ref: KeyRef | None = Field(default=None, description="A ConfigMap's key.")
+
+
 class EnvVar(_Model):
-    """A plain environment variable for the Ray containers."""
+    """An environment variable for the Ray containers: a literal value or a reference."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            ("!(has(self.value) && has(self.valueFrom))", "set value or valueFrom, not both")
+        )
+    )
 
     name: str = Field(
         min_length=1, max_length=253, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$", description="Name."
     )
-    value: str = Field(default="", max_length=32768, description="Value.")
+    value: str | None = Field(
+        default=None,
+        max_length=32768,
+        description=(
+            "Literal value. It is stored in the LLMService, its history and Git: credentials "
+            "belong in valueFrom (a literal value of a credential-like name draws a warning)."
+        ),
+    )
+    value_from: EnvVarSource | None = Field(
+        default=None, description="Take the value from a Secret or ConfigMap key instead."
+    )
+
+
+class RefName(_Model):
+    """A whole Secret or ConfigMap by name."""
+
+    name: str = Field(min_length=1, max_length=253, description="Name of the Secret/ConfigMap.")
+    optional: bool | None = Field(default=None, description="Start even if it is missing.")
+
+
+class EnvFromSource(_Model):
+    """Every key of a Secret or ConfigMap as env vars (each key a variable name)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "has(self.secretRef) != has(self.configMapRef)",
+                "set exactly one of secretRef and configMapRef",
+            )
+        )
+    )
+
+    prefix: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$",
+        description="Prepended to every variable name.",
+    )
+    secret_ref: RefName | None = Field(default=None, description="A Secret.")
+    config_map_ref: RefName | None = Field(default=None, description="A ConfigMap.")
 
 
 class RolloutStrategy(StrEnum):
@@ -451,6 +520,14 @@ class LLMServiceSpec(_Model):
         description="Extra env vars for Ray containers.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
+    env_from: list[EnvFromSource] = Field(
+        default_factory=list,
+        max_length=16,
+        description=(
+            "Whole Secrets or ConfigMaps as env vars of the Ray containers (for example S3 "
+            "credentials for an s3:// model source)."
+        ),
+    )
     rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="How changes roll out.")
     network_policy: NetworkPolicySpec = Field(
         default_factory=NetworkPolicySpec,
@@ -521,6 +598,13 @@ class LLMServiceStatus(_Model):
         default=None, description="Model version being rolled out, if any."
     )
     ray_service_name: str | None = Field(default=None, description="The owned RayService.")
+    warnings: list[str] | None = Field(
+        default=None,
+        description=(
+            "Spec choices that work but are unsafe (e.g. a credential as a literal env value), "
+            "each with its field path."
+        ),
+    )
 
 
 class ObjectMeta(BaseModel):

@@ -15,7 +15,13 @@ import jinja2
 import yaml
 
 from llmservice_operator import constants as c
-from llmservice_operator.api.models import LLMService, LLMServiceSpec, NetworkPeer, RolloutStrategy
+from llmservice_operator.api.models import (
+    EnvVar,
+    LLMService,
+    LLMServiceSpec,
+    NetworkPeer,
+    RolloutStrategy,
+)
 from llmservice_operator.plan import Plan, WorkerGroupPlan, plan
 from serve_app.args import AutoscalingArgs, DeploymentArgs, LLMAppArgs
 from serve_app.tuning import GPU_SERVE_ENV, GPU_STREAM_BATCHING_INTERVAL_MS
@@ -139,8 +145,19 @@ def _resources(cpu: str, memory: str, gpus: int = 0, gpu_resource: str = "") -> 
     return {"requests": dict(limits), "limits": limits}
 
 
+def _env_var(e: EnvVar) -> dict[str, Any]:
+    if e.value_from is not None:
+        source = e.value_from.model_dump(mode="json", by_alias=True, exclude_none=True)
+        return {"name": e.name, "valueFrom": source}
+    return {"name": e.name, "value": e.value or ""}
+
+
+def _env_from(svc: LLMService) -> list[dict[str, Any]]:
+    return [s.model_dump(mode="json", by_alias=True, exclude_none=True) for s in svc.spec.env_from]
+
+
 def _env(svc: LLMService) -> list[dict[str, Any]]:
-    env: list[dict[str, Any]] = [{"name": e.name, "value": e.value} for e in svc.spec.env]
+    env: list[dict[str, Any]] = [_env_var(e) for e in svc.spec.env]
     if svc.spec.gpu is not None:
         # Ray Serve's fast path on GPUs (serve_app/tuning.py); a spec.env entry of the same
         # name wins, so a user can switch any of them off.
@@ -246,6 +263,7 @@ def render_rayservice(svc: LLMService) -> dict[str, Any]:
         "autoscaling": p.autoscaling,
         "image": image,
         "env": _env(svc),
+        "env_from": _env_from(svc),
         "pod_labels": _pod_labels(svc),
         "head_resources": _resources(spec.head_resources.cpu, spec.head_resources.memory),
         "head_access": _pod_access(spec, autoscaler=p.autoscaling),
