@@ -14,7 +14,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from llmservice_operator.api.models import EngineSpec, LLMService, LLMServiceSpec
+from llmservice_operator.api.models import (
+    EXTENDED_RESOURCE_RE,
+    IMAGE_RE,
+    LABEL_KEY_RE,
+    LABEL_VALUE_RE,
+    EngineSpec,
+    LLMService,
+    LLMServiceSpec,
+    Toleration,
+)
 from llmservice_operator.errors import FieldError, InvalidSpecError, from_pydantic
 from llmservice_operator.plan import served_name_of, workers_for
 
@@ -87,6 +96,7 @@ def _check(spec: LLMServiceSpec) -> Iterator[FieldError]:
     yield from _check_gpu(spec)
     yield from _check_network(spec)
     yield from _check_env(spec)
+    yield from _check_kubernetes_names(spec)
 
 
 def _check_name(name: str) -> Iterator[FieldError]:
@@ -195,6 +205,80 @@ def _check_gpu(spec: LLMServiceSpec) -> Iterator[FieldError]:
     for i, name in enumerate(names):
         if name in names[:i]:
             yield FieldError(f"spec.gpu.pools[{i}].name", f"duplicate pool name {name!r}")
+
+
+_LABEL_KEY = re.compile(LABEL_KEY_RE)
+_LABEL_VALUE = re.compile(LABEL_VALUE_RE)
+_EXTENDED_RESOURCE = re.compile(EXTENDED_RESOURCE_RE)
+_IMAGE = re.compile(IMAGE_RE)
+
+
+def _check_kubernetes_names(spec: LLMServiceSpec) -> Iterator[FieldError]:
+    """What the pods KubeRay makes must pass: the same rules as the CRD's CEL, with paths."""
+    if spec.image is not None and not _IMAGE.match(spec.image):
+        yield FieldError(
+            "spec.image",
+            f"{spec.image!r} is not an image reference (registry/repository:tag or "
+            "@sha256:digest, ASCII without spaces)",
+        )
+    gpu = spec.gpu
+    if gpu is None:
+        return
+    if not _EXTENDED_RESOURCE.match(gpu.resource_name) or gpu.resource_name.startswith(
+        "kubernetes.io/"
+    ):
+        yield FieldError(
+            "spec.gpu.resourceName",
+            f"{gpu.resource_name!r} is not an extended resource name with a domain, e.g. "
+            "nvidia.com/gpu (cpu, memory and kubernetes.io/ names are the pod's own resources)",
+        )
+    yield from _check_selector("spec.gpu.nodeSelector", gpu.node_selector)
+    yield from _check_tolerations("spec.gpu.tolerations", gpu.tolerations)
+    for i, pool in enumerate(gpu.pools):
+        yield from _check_selector(f"spec.gpu.pools[{i}].nodeSelector", pool.node_selector)
+        yield from _check_tolerations(f"spec.gpu.pools[{i}].tolerations", pool.tolerations)
+
+
+def _label_key_problem(key: str) -> str | None:
+    prefix, _, name = key.rpartition("/")
+    if not _LABEL_KEY.match(key):
+        return "not a label key: [DNS-subdomain prefix/]name, the name 1-63 of A-Z a-z 0-9 - _ ."
+    if len(prefix) > 253:
+        return "the prefix is longer than 253 characters"
+    return None if name else "empty name"
+
+
+def _label_value_problem(value: str) -> str | None:
+    if _LABEL_VALUE.match(value):
+        return None
+    return "not a label value: at most 63 of A-Z a-z 0-9 - _ ., beginning and ending alphanumeric"
+
+
+def _check_selector(path: str, selector: Mapping[str, str]) -> Iterator[FieldError]:
+    for key, value in selector.items():
+        problem = _label_key_problem(key)
+        if problem:
+            yield FieldError(f"{path}[{key!r}]", f"key {key!r}: {problem}")
+        problem = _label_value_problem(value)
+        if problem:
+            yield FieldError(f"{path}[{key!r}]", f"value {value!r}: {problem}")
+
+
+def _check_tolerations(path: str, tolerations: list[Toleration]) -> Iterator[FieldError]:
+    for i, t in enumerate(tolerations):
+        here = f"{path}[{i}]"
+        if t.key:
+            problem = _label_key_problem(t.key)
+            if problem:
+                yield FieldError(f"{here}.key", f"{t.key!r}: {problem}")
+        elif t.operator != "Exists":
+            yield FieldError(f"{here}.operator", "a toleration without a key must use Exists")
+        if t.value:
+            if t.operator == "Exists":
+                yield FieldError(f"{here}.value", "must be empty when operator is Exists")
+            problem = _label_value_problem(t.value)
+            if problem:
+                yield FieldError(f"{here}.value", f"{t.value!r}: {problem}")
 
 
 def _check_env(spec: LLMServiceSpec) -> Iterator[FieldError]:

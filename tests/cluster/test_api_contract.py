@@ -63,6 +63,11 @@ def _with(change: dict[str, Any]) -> dict[str, Any]:
     return obj
 
 
+def _gpu(**change: Any) -> dict[str, Any]:
+    gpu = {**copy.deepcopy(EXAMPLES["llama-8b-l4"]["spec"]["gpu"]), **change}
+    return _with({"gpu": gpu})
+
+
 INVALID = [
     (_with({"autoscaling": {"maxReplicas": 3}}), "replicas and autoscaling are mutually exclusive"),
     (
@@ -76,6 +81,29 @@ INVALID = [
     (_with({"engine": {"colour": "red"}}), 'unknown field "spec.engine.colour"'),
     (_with({"model": {}}), "spec.model.source: Required value"),
     ({**_with({}), "metadata": {"name": "n" * 48}}, "metadata.name: at most 47 characters"),
+    # The bad-input sweep: each of these once passed the schema and failed only when KubeRay
+    # created the pods (an endless Progressing). Now the API server refuses them, naming the field.
+    (_gpu(nodeSelector={"pool": "gpu-é"}), "spec.gpu.nodeSelector: Invalid value"),
+    (_gpu(nodeSelector={"pool": "x" * 64}), "spec.gpu.nodeSelector.pool: Too long"),
+    (_gpu(nodeSelector={"gpu pool!": "l4"}), "spec.gpu.nodeSelector: Invalid value"),
+    (
+        _gpu(pools=[{"name": "a", "nodeSelector": {"a/b/c": "x"}}]),
+        "spec.gpu.pools[0].nodeSelector: Invalid value",
+    ),
+    (_gpu(resourceName="memory"), "spec.gpu.resourceName: Invalid value"),
+    (_gpu(resourceName="cpu"), "cpu, memory and kubernetes.io/ names are the pod's own resources"),
+    (
+        _gpu(tolerations=[{"key": "gpu", "operator": "Exists", "value": "x"}]),
+        'spec.gpu.tolerations[0]: Invalid value: "object": value must be empty when operator '
+        "is Exists",
+    ),
+    (_gpu(tolerations=[{"value": "x"}]), "a toleration without a key must use operator Exists"),
+    (
+        _gpu(tolerations=[{"key": "bad key", "operator": "Exists"}]),
+        'spec.gpu.tolerations[0]: Invalid value: "object": key must be a label key',
+    ),
+    (_with({"image": "ray:2.60 gpu"}), "spec.image: Invalid value"),
+    (_with({"image": "régistry/ray:1"}), "spec.image: Invalid value"),
 ]
 
 

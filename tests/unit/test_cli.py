@@ -96,3 +96,50 @@ def test_operator_settings_without_a_flag_keep_the_environment(
     config = operator_config(_parser().parse_args(["operator", "-n", "team-a", "--standalone"]))
     assert (config.max_workers, config.watch_server_timeout) == (16, 120)
     assert config.namespaces == ["team-a"] and config.standalone
+
+
+SWEEP = """\
+apiVersion: llmservice.dev/v1alpha1
+kind: LLMService
+metadata: {name: sweep}
+spec:
+  model: {source: org/m}
+  image: "ray:2.60 gpu"
+  gpu:
+    acceleratorType: L4
+    resourceName: cpu
+    nodeSelector: {"gpu pool!": "l4", "zone": "zürich"}
+    tolerations: [{key: gpu, operator: Exists, value: "yes"}]
+"""
+
+
+def test_validate_refuses_what_only_pod_creation_would_have_caught(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    f = tmp_path / "sweep.yaml"
+    f.write_text(SWEEP)
+    assert main(["validate", "-f", str(f)]) == 2
+    paths = {line.split(": ")[1] for line in capsys.readouterr().err.splitlines()}
+    assert paths == {
+        "spec.image",
+        "spec.gpu.resourceName",
+        "spec.gpu.nodeSelector['gpu pool!']",
+        "spec.gpu.nodeSelector['zone']",
+        "spec.gpu.tolerations[0].value",
+    }
+
+
+def test_validate_warns_about_a_literal_credential_and_passes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    f = tmp_path / "cred.yaml"
+    f.write_text(
+        "apiVersion: llmservice.dev/v1alpha1\nkind: LLMService\nmetadata: {name: c}\n"
+        "spec:\n  model: {source: org/m}\n  env: [{name: OPENAI_API_KEY, value: sk-123}]\n"
+    )
+    assert main(["validate", "-f", str(f)]) == 0
+    out = capsys.readouterr()
+    assert (
+        "warning: default/c: spec.env[0].value: OPENAI_API_KEY looks like a credential" in out.err
+    )
+    assert "ok: default/c" in out.out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 import yaml
@@ -145,3 +146,15 @@ def test_max_ongoing_requests_follows_the_engine_batch_unless_set() -> None:
     assert _app_args(_render(obj)).deployment.max_ongoing_requests == 512
     obj["spec"]["maxOngoingRequests"] = 100
     assert _app_args(_render(obj)).deployment.max_ongoing_requests == 100
+
+
+def test_model_version_labels_are_valid_and_never_shared() -> None:
+    from llmservice_operator.api.models import LABEL_VALUE_RE
+    from llmservice_operator.render import _label_value
+
+    versions = ["v1", "0e9e39f249a16976918f6564b8830bc894c89659", "é-2024", "a" * 64,
+                "a" * 63 + "b", "release/2024.07", "-x-"]  # fmt: skip
+    labels = [_label_value(v) for v in versions]
+    assert labels[:2] == versions[:2]  # already label values: kept as they are
+    assert all(re.fullmatch(LABEL_VALUE_RE, lab) and lab for lab in labels), labels
+    assert len(set(labels)) == len(labels)  # 64 x "a" and 63 x "a" + "b" differ

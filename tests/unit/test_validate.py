@@ -136,6 +136,56 @@ BAD = [
         "spec.env[0].valueFrom",
         "exactly one of secretKeyRef and configMapKeyRef",
     ),
+    # The bad-input sweep: each of these used to pass and fail only when KubeRay made the pods.
+    (
+        with_spec(gpu={"acceleratorType": "L4", "nodeSelector": {"pool": "gpu-é"}}),
+        "spec.gpu.nodeSelector['pool']",
+        "not a label value",
+    ),
+    (
+        with_spec(gpu={"acceleratorType": "L4", "nodeSelector": {"pool": "x" * 64}}),
+        "spec.gpu.nodeSelector.pool",
+        "at most 63 characters",
+    ),
+    (
+        with_spec(gpu={"acceleratorType": "L4", "nodeSelector": {"gpu pool!": "l4"}}),
+        "spec.gpu.nodeSelector['gpu pool!']",
+        "not a label key",
+    ),
+    (
+        with_spec(
+            gpu={"acceleratorType": "L4", "pools": [{"name": "a", "nodeSelector": {"a/b/c": "x"}}]}
+        ),
+        "spec.gpu.pools[0].nodeSelector['a/b/c']",
+        "not a label key",
+    ),
+    (
+        with_spec(gpu={"acceleratorType": "L4", "resourceName": "memory"}),
+        "spec.gpu.resourceName",
+        "cpu, memory and kubernetes.io/ names are the pod's own resources",
+    ),
+    (
+        with_spec(gpu={"acceleratorType": "L4", "resourceName": "kubernetes.io/gpu"}),
+        "spec.gpu.resourceName",
+        "not an extended resource name",
+    ),
+    (
+        with_spec(
+            gpu={
+                "acceleratorType": "L4",
+                "tolerations": [{"key": "gpu", "operator": "Exists", "value": "x"}],
+            }
+        ),
+        "spec.gpu.tolerations[0].value",
+        "must be empty when operator is Exists",
+    ),
+    (
+        with_spec(gpu={"acceleratorType": "L4", "tolerations": [{"value": "x"}]}),
+        "spec.gpu.tolerations[0].operator",
+        "without a key must use Exists",
+    ),
+    (with_spec(image="ray:2.60 gpu"), "spec.image", "not an image reference"),
+    (with_spec(image="régistry/ray:1"), "spec.image", "not an image reference"),
     (
         with_spec(envFrom=[{"prefix": "S3_"}]),
         "spec.envFrom[0]",

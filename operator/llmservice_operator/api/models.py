@@ -8,7 +8,7 @@ description here becomes the CRD field doc that ``kubectl explain`` shows.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -32,6 +32,37 @@ class _Model(BaseModel):
 def _cel(*rules: tuple[str, str]) -> dict[str, Any]:
     """CEL rules for the CRD (x-kubernetes-validations): (rule, message) pairs."""
     return {"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]}
+
+
+# Kubernetes' own name rules, as RE2 patterns both CEL (the API server) and Python (validate.py,
+# the CLI) run. No backslashes, so they sit in a CEL string literal as they are. A value that
+# breaks them would otherwise pass our schema and fail only when KubeRay creates the pods.
+LABEL_NAME_PART = "[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+DNS_SUBDOMAIN = "[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+# A label key (also a taint/toleration key): [DNS subdomain prefix/]name.
+LABEL_KEY_RE = f"^({DNS_SUBDOMAIN}/)?{LABEL_NAME_PART}$"
+LABEL_VALUE_RE = f"^({LABEL_NAME_PART})?$"
+# An extended resource: a domain-prefixed name; cpu, memory and kubernetes.io/* are the pod's own.
+EXTENDED_RESOURCE_RE = (
+    f"^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)+/{LABEL_NAME_PART}$"
+)
+# An image reference as container runtimes parse it, loosely: printable ASCII, no spaces.
+IMAGE_RE = "^[a-z0-9][A-Za-z0-9._/:@-]*$"
+LabelValue = Annotated[str, Field(max_length=63)]
+_SELECTOR_MESSAGE = (
+    "keys must be label keys ([prefix/]name, the name at most 63 of A-Z a-z 0-9 - _ .) and "
+    "values label values (at most 63 of those, beginning and ending alphanumeric)"
+)
+
+
+def _selector_rules() -> dict[str, Any]:
+    return _cel(
+        (
+            f"self.all(k, size(k) <= 317 && k.matches('{LABEL_KEY_RE}') && "
+            f"self[k].matches('{LABEL_VALUE_RE}'))",
+            _SELECTOR_MESSAGE,
+        )
+    )
 
 
 # --- model -----------------------------------------------------------------
@@ -187,6 +218,27 @@ class TaintEffect(StrEnum):
 class Toleration(_Model):
     """A pod toleration (the subset GPU node pools use)."""
 
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                f"!has(self.key) || self.key == '' || self.key.matches('{LABEL_KEY_RE}')",
+                "key must be a label key ([prefix/]name)",
+            ),
+            (
+                f"!has(self.value) || self.value.matches('{LABEL_VALUE_RE}')",
+                "value must be a label value (at most 63 of A-Z a-z 0-9 - _ .)",
+            ),
+            (
+                "self.operator != 'Exists' || !has(self.value) || self.value == ''",
+                "value must be empty when operator is Exists",
+            ),
+            (
+                "self.operator == 'Exists' || (has(self.key) && self.key != '')",
+                "a toleration without a key must use operator Exists",
+            ),
+        )
+    )
+
     key: str | None = Field(default=None, max_length=317, description="Taint key to tolerate.")
     operator: TolerationOperator = Field(
         default=TolerationOperator.EQUAL, description="Exists or Equal."
@@ -204,12 +256,16 @@ class NodePool(_Model):
         pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
         description="Pool name (DNS label); names the worker group.",
     )
-    node_selector: dict[str, str] = Field(
+    node_selector: dict[str, LabelValue] = Field(
         default_factory=dict,
+        max_length=32,
         description="Labels selecting this pool's nodes (added to the profile's).",
+        json_schema_extra=_selector_rules(),
     )
     tolerations: list[Toleration] = Field(
-        default_factory=list, description="Tolerations for this pool (added to the profile's)."
+        default_factory=list,
+        max_length=16,
+        description="Tolerations for this pool (added to the profile's).",
     )
     max_workers: int | None = Field(
         default=None, ge=0, le=10_000, description="Cap on this pool's worker pods."
@@ -231,12 +287,22 @@ class GPUProfile(_Model):
         default="nvidia.com/gpu",
         max_length=253,
         description="Extended resource the GPUs are advertised as.",
+        json_schema_extra=_cel(
+            (
+                f"self.matches('{EXTENDED_RESOURCE_RE}') && !self.startsWith('kubernetes.io/')",
+                "must be an extended resource name with a domain, e.g. nvidia.com/gpu (cpu, "
+                "memory and kubernetes.io/ names are the pod's own resources)",
+            )
+        ),
     )
-    node_selector: dict[str, str] = Field(
-        default_factory=dict, description="Labels every GPU worker pod's node must have."
+    node_selector: dict[str, LabelValue] = Field(
+        default_factory=dict,
+        max_length=32,
+        description="Labels every GPU worker pod's node must have.",
+        json_schema_extra=_selector_rules(),
     )
     tolerations: list[Toleration] = Field(
-        default_factory=list, description="Tolerations every GPU worker pod gets."
+        default_factory=list, max_length=16, description="Tolerations every GPU worker pod gets."
     )
     pools: list[NodePool] = Field(
         default_factory=list,
@@ -494,7 +560,16 @@ class LLMServiceSpec(_Model):
         ),
     )
     image: str | None = Field(
-        default=None, max_length=512, description="Ray image for head and workers."
+        default=None,
+        max_length=512,
+        description="Ray image for head and workers.",
+        json_schema_extra=_cel(
+            (
+                f"self.matches('{IMAGE_RE}')",
+                "must be an image reference (registry/repository:tag or @sha256:digest), ASCII "
+                "without spaces",
+            )
+        ),
     )
     ray_version: str | None = Field(
         default=None,

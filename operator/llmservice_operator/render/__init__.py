@@ -134,8 +134,16 @@ def _pod_labels(svc: LLMService) -> dict[str, str]:
 
 
 def _label_value(text: str) -> str:
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in text)[:63]
-    return safe.strip("-_.") or "unversioned"
+    """A label value standing for `text`: itself when it is one, else a readable part + hash.
+
+    Two versions must never share a label (the label is what makes KubeRay roll a new
+    cluster), so anything shortened or rewritten carries a hash of the whole text.
+    """
+    safe = "".join(ch if (ch.isascii() and ch.isalnum()) or ch in "-_." else "-" for ch in text)
+    if safe == text and len(text) <= 63 and text[:1].isalnum() and text[-1:].isalnum():
+        return text
+    digest = hashlib.sha256(text.encode()).hexdigest()[:10]
+    return f"{safe[:50].strip('-_.')}-{digest}".lstrip("-")
 
 
 def _resources(cpu: str, memory: str, gpus: int = 0, gpu_resource: str = "") -> dict[str, Any]:
