@@ -17,11 +17,11 @@ help: ## List the targets
 
 # --- installs (cached) ------------------------------------------------------
 
-$(VENV)/.base-installed: pyproject.toml
+$(VENV)/.base-installed: pyproject.toml requirements/operator.txt
 	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found: install Python >= 3.11"; exit 1; }
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev]' -c requirements/operator.txt
 	@touch $@
 
 .PHONY: venv
@@ -34,6 +34,10 @@ serve-deps: venv ## Ray + vLLM (CPU) serving stack in the virtualenv
 .PHONY: serve-lock
 serve-lock: venv ## Re-resolve requirements/serve-cpu.txt (then review and commit it)
 	@bash hack/install-serve-deps.sh --lock $(VENV)
+
+.PHONY: operator-lock
+operator-lock: venv ## Re-resolve requirements/operator.txt, the operator image's pins (then review and commit it)
+	$(PY) hack/lock-operator.py
 
 .PHONY: tools
 tools: ## Go-built etcd, Kubernetes, KubeRay, KWOK and helm binaries in bin/
@@ -61,6 +65,7 @@ check-generated: venv tools ## Fail if a generated file differs from a fresh gen
 	$(PY) -m llmservice_operator.api.crd $(CRD_FILE) --check
 	bash hack/gen-manifests.sh --check
 	$(PY) hack/gen-argocd.py --check
+	$(PY) hack/lock-operator.py --check
 
 .PHONY: argocd
 argocd: venv ## Regenerate manifests/argocd/argocd-cm-patch.yaml from the health check Lua
