@@ -89,6 +89,10 @@ def test_ray_pods_are_admitted_where_restricted_is_enforced(
         # No Ray container holds an API token: the ServiceAccount admission plugin added none.
         assert pod.spec.automount_service_account_token is False
         assert not any(_token_mounts(pod).values()), pod.metadata.name
+        # Ray's session directory is an emptyDir, writable whatever the image's filesystem.
+        (tmp,) = [m for m in pod.spec.containers[0].volume_mounts if m.mount_path == "/tmp/ray"]
+        volume = next(v for v in pod.spec.volumes if v.name == tmp.name)
+        assert volume.empty_dir is not None
     assert {p.metadata.labels["ray.io/node-type"] for p in pods} == {"head", "worker"}
 
 
@@ -104,6 +108,10 @@ def test_only_the_autoscaler_sidecar_gets_a_token(
     pods = _running(core, namespace, _cluster_name(api, namespace, "llama"), {"head"})
     (head,) = [p for p in pods if p.metadata.labels["ray.io/node-type"] == "head"]
     assert _token_mounts(head) == {"ray-head": False, "autoscaler": True}
+    # KubeRay reused the rendered /tmp/ray emptyDir for its sidecar instead of adding another.
+    assert [v.name for v in head.spec.volumes].count("ray-logs") == 1
+    for ctr in head.spec.containers:
+        assert ("ray-logs", "/tmp/ray") in {(m.name, m.mount_path) for m in ctr.volume_mounts}
     # The sidecar runs as KubeRay's autoscaler ServiceAccount, which KubeRay binds to its Role.
     assert head.spec.service_account_name == head.metadata.labels["ray.io/cluster"]
 

@@ -74,16 +74,27 @@ def test_no_ray_container_gets_a_token_unasked(case: str) -> None:
             mounts = [m["mountPath"] for m in ctr.get("volumeMounts") or []]
             assert SA_TOKEN_PATH not in mounts, (name, ctr["name"])
     head = cluster["headGroupSpec"]["template"]["spec"]
+    projected = [v for v in head["volumes"] if "projected" in v]
     if cluster["enableInTreeAutoscaling"]:
         # ...but the autoscaler, which patches the RayCluster, mounts the projected token.
         (mount,) = cluster["autoscalerOptions"]["volumeMounts"]
         assert mount["mountPath"] == SA_TOKEN_PATH and mount["readOnly"] is True
-        (volume,) = head["volumes"]
+        (volume,) = projected
         assert volume["name"] == mount["name"]
         sources = volume["projected"]["sources"]
         assert any("serviceAccountToken" in s for s in sources)
     else:
-        assert "volumes" not in head and "autoscalerOptions" not in cluster
+        assert projected == [] and "autoscalerOptions" not in cluster
+
+
+@pytest.mark.parametrize("case", sorted(EXAMPLES))
+def test_rays_session_directory_is_an_empty_dir(case: str) -> None:
+    rs = render_rayservice(parse(EXAMPLES[case]))
+    for name, pod in _pods(rs):
+        empty = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
+        for ctr in pod["containers"]:
+            (mount,) = [m for m in ctr["volumeMounts"] if m["mountPath"] == "/tmp/ray"]
+            assert mount["name"] in empty, (name, ctr["name"])
 
 
 @pytest.mark.parametrize("case", ["llama-8b-l4", "autoscaling"])
@@ -95,7 +106,7 @@ def test_a_named_service_account_gets_its_token_everywhere(case: str) -> None:
     for name, pod in _pods(rs):
         assert pod["serviceAccountName"] == "model-reader", name
         assert pod["automountServiceAccountToken"] is True, name
-        assert "volumes" not in pod, name
+        assert not [v for v in pod["volumes"] if "projected" in v], name
     assert "volumeMounts" not in cluster.get("autoscalerOptions", {})
 
 

@@ -213,17 +213,27 @@ _SA_TOKEN_SOURCES: list[dict[str, Any]] = [
 ]
 
 
+# Ray's session directory (logs, sockets, spilled objects) on an emptyDir: writable whatever the
+# image's filesystem allows, and kept across a container restart in the same pod. Named as
+# KubeRay names its own /tmp/ray volume, so KubeRay mounts this one into its autoscaler sidecar
+# instead of adding a second.
+RAY_TMP_VOLUME = "ray-logs"
+RAY_TMP_PATH = "/tmp/ray"
+RAY_TMP_MOUNTS: list[dict[str, Any]] = [{"name": RAY_TMP_VOLUME, "mountPath": RAY_TMP_PATH}]
+
+
 def _pod_access(spec: LLMServiceSpec, autoscaler: bool) -> dict[str, Any]:
-    """ServiceAccount and token fields of one pod spec (head: autoscaler says if it has one)."""
+    """ServiceAccount, token and volume fields of one pod spec (head: with the autoscaler?)."""
+    volumes: list[dict[str, Any]] = [{"name": RAY_TMP_VOLUME, "emptyDir": {}}]
     if spec.service_account_name is not None:
         return {
             "serviceAccountName": spec.service_account_name,
             "automountServiceAccountToken": True,
+            "volumes": volumes,
         }
-    access: dict[str, Any] = {"automountServiceAccountToken": False}
     if autoscaler:
-        access["volumes"] = [{"name": SA_TOKEN_VOLUME, "projected": {"sources": _SA_TOKEN_SOURCES}}]
-    return access
+        volumes.append({"name": SA_TOKEN_VOLUME, "projected": {"sources": _SA_TOKEN_SOURCES}})
+    return {"automountServiceAccountToken": False, "volumes": volumes}
 
 
 def _autoscaler_options(spec: LLMServiceSpec) -> dict[str, Any]:
@@ -278,6 +288,7 @@ def render_rayservice(svc: LLMService) -> dict[str, Any]:
         "autoscaler_options": _autoscaler_options(spec),
         "pod_security": POD_SECURITY,
         "container_security": CONTAINER_SECURITY,
+        "ray_tmp_mounts": RAY_TMP_MOUNTS,
         "serve_port": c.SERVE_PORT,
         "worker_groups": [_group_context(svc, g) for g in p.worker_groups],
     }
