@@ -34,6 +34,13 @@ def _cel(*rules: tuple[str, str]) -> dict[str, Any]:
     return {"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]}
 
 
+def _exactly_one(first: str, second: str) -> dict[str, Any]:
+    """A CEL rule: exactly one of two optional fields is set (a Kubernetes "source" union)."""
+    return _cel(
+        (f"has(self.{first}) != has(self.{second})", f"set exactly one of {first} and {second}")
+    )
+
+
 # Kubernetes' own name rules, as RE2 patterns both CEL (the API server) and Python (validate.py,
 # the CLI) run. No backslashes, so they sit in a CEL string literal as they are. A value that
 # breaks them would otherwise pass our schema and fail only when KubeRay creates the pods.
@@ -346,14 +353,7 @@ class KeyRef(_Model):
 class EnvVarSource(_Model):
     """Where an env var's value comes from: one Secret or ConfigMap key."""
 
-    model_config = ConfigDict(
-        json_schema_extra=_cel(
-            (
-                "has(self.secretKeyRef) != has(self.configMapKeyRef)",
-                "set exactly one of secretKeyRef and configMapKeyRef",
-            )
-        )
-    )
+    model_config = ConfigDict(json_schema_extra=_exactly_one("secretKeyRef", "configMapKeyRef"))
 
     secret_key_ref: KeyRef | None = Field(default=None, description="A Secret's key.")
     config_map_key_ref: KeyRef | None = Field(default=None, description="A ConfigMap's key.")
@@ -394,14 +394,7 @@ class RefName(_Model):
 class EnvFromSource(_Model):
     """Every key of a Secret or ConfigMap as env vars (each key a variable name)."""
 
-    model_config = ConfigDict(
-        json_schema_extra=_cel(
-            (
-                "has(self.secretRef) != has(self.configMapRef)",
-                "set exactly one of secretRef and configMapRef",
-            )
-        )
-    )
+    model_config = ConfigDict(json_schema_extra=_exactly_one("secretRef", "configMapRef"))
 
     prefix: str | None = Field(
         default=None,
