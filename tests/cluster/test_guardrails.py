@@ -34,6 +34,7 @@ def guardrails(cluster: LocalCluster, namespace: str, tmp_path: Path) -> Iterato
             "allowedImagePrefixes": ["registry.example.com/ray/"],
             "allowedTolerationKeys": ["nvidia.com/gpu"],
             "allowedNodeSelectors": ALLOWED_POOLS,
+            "allowedSecretNames": ["hf-token", "model-bucket"],
             "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
         }
     }
@@ -89,6 +90,12 @@ REFUSED = [
      "spec.gpu.nodeSelector: only these node labels and values are allowed"),
     ({"gpu": _gpu(pools=[{"name": "h100", "nodeSelector": {"llmservice.dev/pool": "h100"}}])},
      "spec.gpu.pools[].nodeSelector: only these node labels and values are allowed"),
+    ({"model": {"source": "org/m", "hfTokenSecretRef": {"name": "db-admin"}}},
+     "spec.model.hfTokenSecretRef.name: only these Secrets may be used: [hf-token, model-bucket]"),
+    ({"env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "db-admin", "key": "p"}}}]},
+     "spec.env[].valueFrom.secretKeyRef.name: only these Secrets may be used"),
+    ({"envFrom": [{"secretRef": {"name": "db-admin"}}]},
+     "spec.envFrom[].secretRef.name: only these Secrets may be used"),
     ({"engine": {"extraArgs": {"trust_remote_code": True}}},
      "spec.engine.extraArgs.trust_remote_code: running a model's own code is not allowed"),
 ]  # fmt: skip
@@ -116,6 +123,9 @@ def test_allowed_fields_pass(cluster: LocalCluster, guardrails: str) -> None:
             pools=[{"name": "a100", "nodeSelector": {"llmservice.dev/pool": "a100"}}],
         ),
         engine={"extraArgs": {"trust_remote_code": False, "swap_space": 4}},
+        env=[{"name": "AWS_SECRET_ACCESS_KEY",
+              "valueFrom": {"secretKeyRef": {"name": "model-bucket", "key": "k"}}}],
+        envFrom=[{"secretRef": {"name": "model-bucket"}}, {"configMapRef": {"name": "any"}}],
     )  # fmt: skip
     result = _apply(cluster, allowed)
     assert result.returncode == 0, result.stderr
