@@ -45,6 +45,26 @@ SERVE_DETAILS_PATH = "api/serve/applications/"
 KUBERAY_REJECTIONS = frozenset({"InvalidRayServiceSpec", "InvalidRayServiceMetadata"})
 
 
+class KubeRayMissing(Exception):
+    """The API server does not serve a ray.io resource: KubeRay's CRDs are not installed.
+
+    A GET then answers 404 like for a missing object, but with a plain "404 page not found"
+    instead of a Status naming the object; retrying an apply would fail the same way until
+    KubeRay is installed.
+    """
+
+
+def _missing_resource(exc: ApiException) -> bool:
+    if exc.status != 404:
+        return False
+    try:
+        status = json.loads(exc.body or "")
+    except ValueError:
+        return True  # not a Status at all: no handler serves the path
+    details = status.get("details") if isinstance(status, dict) else None
+    return not (isinstance(details, dict) and details.get("name"))
+
+
 def _reason(exc: ApiException) -> str:
     try:
         return str(json.loads(exc.body or "{}").get("message") or exc.reason)
@@ -189,6 +209,11 @@ class Kube:
                     _request_timeout=REQUEST_TIMEOUT_S,
                 )  # fmt: skip
             except ApiException as exc:
+                if _missing_resource(exc):
+                    raise KubeRayMissing(
+                        f"the API server does not serve {RAY_GROUP}/{RAY_VERSION} {plural}: "
+                        "KubeRay's CRDs are not installed"
+                    ) from exc
                 if exc.status == 404:
                     return None
                 raise

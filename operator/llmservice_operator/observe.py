@@ -92,6 +92,7 @@ class Observation:
     kuberay_rejection: str | None = None  # KubeRay's InvalidRayService* event message
     apply_error: str | None = None  # the API server refused our apply
     conflict: str | None = None  # a same-named RayService that this LLMService does not control
+    kuberay_missing: str | None = None  # the API server does not serve ray.io RayServices
 
 
 def foreign(child: Mapping[str, Any] | None, owner_uid: str | None) -> str | None:

@@ -25,7 +25,14 @@ from llmservice_operator import constants as c
 from llmservice_operator import metrics, scale
 from llmservice_operator.api.models import LLMService, LLMServiceStatus
 from llmservice_operator.errors import InvalidSpecError
-from llmservice_operator.k8s import ALL_NAMESPACES, RAY_GROUP, RAY_VERSION, RAYSERVICES, Kube
+from llmservice_operator.k8s import (
+    ALL_NAMESPACES,
+    RAY_GROUP,
+    RAY_VERSION,
+    RAYSERVICES,
+    Kube,
+    KubeRayMissing,
+)
 from llmservice_operator.observe import (
     Cluster,
     Observation,
@@ -111,6 +118,10 @@ def _write_status(
     return True
 
 
+class BackedOff(kopf.TemporaryError):
+    """A retry whose delay reconcile() already chose from the attempt number (kept as is)."""
+
+
 def backoff_delay(attempt: int, base: float = 5.0, cap: float = 300.0) -> float:
     """Exponential back-off with full jitter: retries of many objects never march in step."""
     return random.uniform(base / 2, min(cap, base * 2 ** max(attempt, 0)))
@@ -136,7 +147,10 @@ def reconcile(
     rayservice, *rest = [_owned(child, body) for child in render(svc)]
     policy = rest[0] if rest else None
     name, namespace = rayservice["metadata"]["name"], rayservice["metadata"]["namespace"]
-    live = kube.get_rayservice(namespace, name)
+    try:
+        live = kube.get_rayservice(namespace, name)
+    except KubeRayMissing as exc:
+        return _wait_for_kuberay(kube, body, svc, str(exc), previous, attempt)
     live_policy = kube.get_networkpolicy(namespace, name)
     conflict = foreign(live, meta.get("uid")) or (
         foreign(live_policy, meta.get("uid")) if policy is not None else None
@@ -173,7 +187,7 @@ def reconcile(
         if changed:
             kube.post_event(body, "Warning", "ApplyFailed", apply_error)
         metrics.RECONCILES.labels(result="apply_failed").inc()
-        raise kopf.TemporaryError(apply_error, delay=backoff_delay(attempt))
+        raise BackedOff(apply_error, delay=backoff_delay(attempt))
     metrics.RECONCILES.labels(result="ok").inc()
     metrics.LATENCY.observe(time.perf_counter() - started)
     return to_wire(status)
@@ -199,6 +213,27 @@ def _sync_policy(
         action = "created" if live is None else "updated"
         name = want["metadata"]["name"]
         kube.post_event(body, "Normal", "Applied", f"NetworkPolicy {name} {action} ({trigger})")
+
+
+def _wait_for_kuberay(
+    kube: Kube,
+    body: Mapping[str, Any],
+    svc: LLMService,
+    message: str,
+    previous: Mapping[str, Any],
+    attempt: int,
+) -> NoReturn:
+    """Say KubeRay is missing, apply nothing, and look again soon (it may be installed any time)."""
+    status = compute_status(
+        _desired(svc, plan(svc.spec)),
+        Observation(rayservice=None, kuberay_missing=message),
+        previous,
+    )
+    if _write_status(kube, body, status, previous):
+        kube.post_event(body, "Warning", "KubeRayMissing", message)
+    metrics.RECONCILES.labels(result="kuberay_missing").inc()
+    # A short cap: installing KubeRay is the fix, and it should show within a minute.
+    raise BackedOff(message, delay=backoff_delay(attempt, cap=60.0))
 
 
 def _refuse_foreign(
@@ -421,6 +456,8 @@ def resync_alive(memo: kopf.Memo, **_: Any) -> str:
 def on_llmservice(body: kopf.Body, memo: kopf.Memo, reason: str, retry: int, **_: Any) -> None:
     try:
         _counted(memo["kube"], body, trigger=str(reason), attempt=retry)
+    except BackedOff:
+        raise  # its delay already grows with the attempt
     except kopf.TemporaryError as exc:
         # kopf retries after exc.delay: back off exponentially with jitter, so a flapping API
         # server is not hammered and many objects do not retry in step.

@@ -67,6 +67,8 @@ class Reason(StrEnum):
     VALIDATION_FAILED = "ValidationFailed"
     #: Set when a RayService of the same name exists that this LLMService does not control.
     CONFLICT = "Conflict"
+    #: Set when the API server does not serve KubeRay's RayService (KubeRay's CRDs are absent).
+    KUBERAY_MISSING = "KubeRayMissing"
     #: Set when nothing failed.
     HEALTHY = "Healthy"
 
@@ -85,6 +87,7 @@ class Phase(StrEnum):
 _FIX_IT = "fix the spec to continue"
 _CREATING = "creating the RayService"
 _RENAME = "left untouched: rename the LLMService or remove the other RayService"
+_INSTALL = "install KubeRay (its CRDs and operator); the operator picks it up without a restart"
 
 
 @dataclass(frozen=True)
@@ -250,6 +253,20 @@ def compute_status(
                 _cond(ConditionType.READY, False, Reason.CONFLICT, msg, gen),
                 _cond(ConditionType.PROGRESSING, False, Reason.CONFLICT, _RENAME, gen),
                 _cond(ConditionType.DEGRADED, True, Reason.CONFLICT, msg, gen),
+            ],
+        )
+    if obs.kuberay_missing is not None:
+        msg = obs.kuberay_missing
+        return _status(
+            desired,
+            phase=Phase.PENDING,
+            ready_replicas=0,
+            active_version=previous.get("activeVersion"),
+            pending_version=desired.version,
+            conditions=[
+                _cond(ConditionType.READY, False, Reason.KUBERAY_MISSING, msg, gen),
+                _cond(ConditionType.PROGRESSING, False, Reason.KUBERAY_MISSING, _INSTALL, gen),
+                _cond(ConditionType.DEGRADED, True, Reason.KUBERAY_MISSING, msg, gen),
             ],
         )
     if obs.apply_error is not None:

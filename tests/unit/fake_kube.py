@@ -12,6 +12,8 @@ from typing import Any
 
 import kopf
 
+from llmservice_operator.k8s import KubeRayMissing
+
 
 def _walk(doc: Any, path: str) -> tuple[Any, str]:
     parts = [p.replace("~1", "/").replace("~0", "~") for p in path.lstrip("/").split("/")]
@@ -48,9 +50,14 @@ class FakeKube:
         self.cluster_patches: list[tuple[str, list[dict[str, Any]]]] = []
         self.rejections: dict[str, str] = {}
         self.apply_hook: Callable[[Mapping[str, Any]], None] | None = None
+        self.kuberay_installed = True
 
     # --- the Kube facade -----------------------------------------------------------
     def get_rayservice(self, namespace: str, name: str) -> dict[str, Any] | None:
+        if not self.kuberay_installed:
+            raise KubeRayMissing(
+                "ray.io/v1 rayservices not served: KubeRay's CRDs are not installed"
+            )
         obj = self.rayservices.get((namespace, name))
         return copy.deepcopy(obj) if obj else None
 

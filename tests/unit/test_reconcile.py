@@ -8,7 +8,7 @@ from typing import Any
 import kopf
 import pytest
 
-from llmservice_operator.reconcile import _counted, reconcile
+from llmservice_operator.reconcile import BackedOff, _counted, reconcile
 from tests.unit.examples import example_services
 from tests.unit.fake_kube import FakeKube
 from tests.unit.test_scale import SERVE_DETAILS
@@ -251,3 +251,24 @@ def test_a_literal_credential_is_an_event_and_a_status_warning_once() -> None:
     fixed = tiny(env=[{"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": secret}])
     fixed["status"] = body["status"]
     assert reconcile(kube, fixed, "update")["warnings"] is None
+
+
+def test_kuberay_missing_says_so_applies_nothing_and_recovers_once_installed() -> None:
+    kube = FakeKube()
+    kube.kuberay_installed = False
+    body = tiny()
+    with pytest.raises(BackedOff) as info:
+        reconcile(kube, body, "create", attempt=6)
+    assert info.value.delay is not None and info.value.delay <= 60  # soon, whatever the attempt
+    status = kube.statuses[-1]
+    ready = status["conditions"][0]
+    assert (ready["type"], ready["status"], ready["reason"]) == ("Ready", "False", "KubeRayMissing")
+    assert "CRDs are not installed" in ready["message"] and status["phase"] == "Pending"
+    assert kube.rayservices == {} and kube.policy_writes == []
+    assert kube.events[-1][:2] == ("Warning", "KubeRayMissing")
+
+    body["status"] = status
+    kube.kuberay_installed = True
+    reasons = {c["type"]: c["reason"] for c in reconcile(kube, body, "resync")["conditions"]}
+    assert reasons == {"Ready": "NotServing", "Progressing": "Creating", "Degraded": "Healthy"}
+    assert (NS, "tiny") in kube.rayservices

@@ -12,7 +12,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from llmservice_operator import metrics
-from llmservice_operator.k8s import ALL_NAMESPACES, Kube, classified
+from llmservice_operator.k8s import ALL_NAMESPACES, Kube, KubeRayMissing, classified
 from llmservice_operator.reconcile import _resync_forever, backoff_delay
 from llmservice_operator.settings import OperatorConfig
 
@@ -141,3 +141,23 @@ def test_serve_state_is_read_directly_from_the_head_in_a_pod(
 )
 def test_serve_api_mode(mode: str, in_cluster: bool, direct: bool) -> None:
     assert OperatorConfig(serve_api=mode).serve_api_direct(in_cluster) is direct
+
+
+def test_a_missing_crd_is_told_from_a_missing_object() -> None:
+    """The API server answers both with 404: only a missing object comes as a named Status."""
+    kube = Kube(client.ApiClient())
+
+    def answer(status: int, body: str) -> Any:
+        def raising(*args: object, **kwargs: object) -> None:
+            exc = ApiException(status=status, reason="Not Found")
+            exc.body = body
+            raise exc
+
+        return raising
+
+    kube.custom.get_namespaced_custom_object = answer(404, "404 page not found\n")  # type: ignore[method-assign]
+    with pytest.raises(KubeRayMissing, match="CRDs are not installed"):
+        kube.get_rayservice("ns", "x")
+    named = '{"kind":"Status","reason":"NotFound","details":{"name":"x","kind":"rayservices"}}'
+    kube.custom.get_namespaced_custom_object = answer(404, named)  # type: ignore[method-assign]
+    assert kube.get_rayservice("ns", "x") is None

@@ -83,6 +83,7 @@ class LocalCluster:
         timeouts: Timeouts | None = None,
         detached: bool = False,
         use_kubernetes_proxy: bool = True,
+        with_kuberay: bool = True,
     ) -> None:
         self.owns_workdir = workdir is None
         self.workdir = (workdir or Path(tempfile.mkdtemp(prefix="llmservice-cluster-"))).resolve()
@@ -93,6 +94,9 @@ class LocalCluster:
         # attached ones are killed by the kernel if it dies.
         self.detached = detached
         self.use_kubernetes_proxy = use_kubernetes_proxy
+        # False: no KubeRay CRDs and no KubeRay operator (until install_kuberay_crds()), for
+        # what the operator does on a cluster where KubeRay is missing or comes late.
+        self.with_kuberay = with_kuberay
         self.pki = Pki(self.workdir / "pki")
         self.log_dir = self.workdir / "logs"
         self.kubeconfig = self.workdir / "kubeconfig"
@@ -152,14 +156,14 @@ class LocalCluster:
             # CRDs before the controller-manager, so its garbage collector
             # watches RayService/RayCluster from its first discovery pass
             # instead of after its 30 s re-sync.
-            self._install_kuberay_crds,
+            *([self._install_kuberay_crds] if self.with_kuberay else []),
             self._start_controller_manager,
             self._start_scheduler,
             self._start_kwok,
             self._create_nodes,
             self._wait_nodes_ready,
             self._wait_default_service_account,
-            self._start_kuberay,
+            *([self._start_kuberay] if self.with_kuberay else []),
         ]
         self.ports = Ports(*free_ports(8))
         try:
@@ -329,6 +333,10 @@ class LocalCluster:
             proc, "did not become ready", self.timeouts.apiserver,
             lambda: http_get(f"{self.server}/readyz", tls)[0] == 200,
         )  # fmt: skip
+
+    def install_kuberay_crds(self) -> None:
+        """KubeRay's CRDs, Established (a cluster started with_kuberay=False gets them late)."""
+        self._install_kuberay_crds()
 
     def _install_kuberay_crds(self) -> None:
         names = kuberay.apply_crds(self.api_client, self._crd_dir(), FIELD_MANAGER)
