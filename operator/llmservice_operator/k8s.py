@@ -40,6 +40,7 @@ TRANSPORT_ERRORS = (OSError, TimeoutError, urllib3.exceptions.HTTPError)
 # Reads of Ray's own Serve API go through the API server's service proxy to the head's dashboard:
 # short, because a cluster whose Ray is not up yet must not hold up the reconcile.
 SERVE_API_TIMEOUT_S = 5.0
+LIST_PAGE_SIZE = 500
 SERVE_DETAILS_PATH = "api/serve/applications/"
 # KubeRay's Warning events when it refuses a RayService (utils.InvalidRayServiceSpec/Metadata).
 KUBERAY_REJECTIONS = frozenset({"InvalidRayServiceSpec", "InvalidRayServiceMetadata"})
@@ -123,20 +124,41 @@ class Kube:
         self.networking = client.NetworkingV1Api(api_client)
 
     def list_llmservices(self, namespaces: list[str]) -> list[dict[str, Any]]:
-        """Every LLMService in the watched namespaces (all namespaces when none are given)."""
+        """Every LLMService in the watched namespaces (all namespaces when none are given).
+
+        In pages of LIST_PAGE_SIZE: with thousands of objects one unpaginated LIST would be a
+        single response of many megabytes, held whole by the API server and by us.
+        """
         with classified("list LLMServices"):
             if not namespaces:
-                listed = self.custom.list_cluster_custom_object(
-                    c.GROUP, c.VERSION, c.PLURAL, _request_timeout=REQUEST_TIMEOUT_S
+                return self._paged(
+                    lambda **kw: self.custom.list_cluster_custom_object(
+                        c.GROUP, c.VERSION, c.PLURAL, **kw
+                    )
                 )
-                return list(cast(dict[str, Any], listed)["items"])
             items: list[dict[str, Any]] = []
             for ns in namespaces:
-                listed = self.custom.list_namespaced_custom_object(
-                    c.GROUP, c.VERSION, ns, c.PLURAL, _request_timeout=REQUEST_TIMEOUT_S
+                items += self._paged(
+                    lambda ns=ns, **kw: self.custom.list_namespaced_custom_object(
+                        c.GROUP, c.VERSION, ns, c.PLURAL, **kw
+                    )
                 )
-                items += cast(dict[str, Any], listed)["items"]
             return items
+
+    @staticmethod
+    def _paged(list_call: Any) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        token: str | None = None
+        while True:
+            extra = {"_continue": token} if token else {}
+            page = cast(
+                dict[str, Any],
+                list_call(limit=LIST_PAGE_SIZE, _request_timeout=REQUEST_TIMEOUT_S, **extra),
+            )
+            items += page["items"]
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return items
 
     def outranked(self, peering: str, namespaces: list[str], priority: int) -> set[str]:
         """Where a live kopf peer with a higher priority exists, and so does the work.
@@ -294,7 +316,18 @@ class Kube:
                 raise
             return cast(dict[str, Any], obj)
 
-    def patch_llmservice_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+    def patch_llmservice_status(
+        self,
+        namespace: str,
+        name: str,
+        status: Mapping[str, Any],
+        resource_version: str | None = None,
+    ) -> None:
+        """Write status; with `resource_version`, only over the very object it was computed
+        from (a 409 otherwise, retried by the caller from a fresh read): never backwards."""
+        patch: dict[str, Any] = {"status": dict(status)}
+        if resource_version:
+            patch["metadata"] = {"resourceVersion": resource_version}
         with classified(f"update status of LLMService {namespace}/{name}"):
             try:
                 self.custom.patch_namespaced_custom_object_status(
@@ -303,7 +336,7 @@ class Kube:
                     namespace,
                     c.PLURAL,
                     name,
-                    {"status": dict(status)},
+                    patch,
                     field_manager=c.FIELD_MANAGER,
                     _content_type=MERGE_PATCH,
                     _request_timeout=REQUEST_TIMEOUT_S,

@@ -114,7 +114,9 @@ def _write_status(
     if old_view == without_times(new):
         return False
     meta = body["metadata"]
-    kube.patch_llmservice_status(meta["namespace"], meta["name"], new)
+    kube.patch_llmservice_status(
+        meta["namespace"], meta["name"], new, resource_version=meta.get("resourceVersion")
+    )
     return True
 
 

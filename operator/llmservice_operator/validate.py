@@ -8,6 +8,7 @@ before a rule existed. The CLI and the operator run the same function.
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -85,8 +86,30 @@ def warnings(spec: LLMServiceSpec) -> list[FieldError]:
     return found
 
 
+# The whole spec, serialized. kopf keeps a copy in an annotation (last-handled-configuration),
+# and so does a client-side `kubectl apply` (last-applied-configuration): both must fit the API
+# server's 256 KiB cap on an object's annotations. The RayService repeats env once per Ray pod
+# template, within etcd's 1.5 MiB per object.
+MAX_SPEC_BYTES = 100 * 1024
+
+
 def check_spec(spec: LLMServiceSpec) -> list[FieldError]:
-    return list(_check(spec))
+    return list(_check(spec)) + list(_check_size(spec))
+
+
+def _check_size(spec: LLMServiceSpec) -> Iterator[FieldError]:
+    fields = spec.model_dump(mode="json", by_alias=True)
+    sizes = {k: len(json.dumps(v, separators=(",", ":"))) for k, v in fields.items()}
+    total = len(json.dumps(fields, separators=(",", ":")))
+    if total <= MAX_SPEC_BYTES:
+        return
+    largest = sorted(sizes.items(), key=lambda kv: -kv[1])[:2]
+    where = ", ".join(f"spec.{k} {n / 1024:.0f} KiB" for k, n in largest)
+    yield FieldError(
+        "spec",
+        f"{total / 1024:.0f} KiB serialized, at most {MAX_SPEC_BYTES // 1024} KiB (kopf and "
+        f"kubectl keep copies in annotations, capped at 256 KiB in all); largest: {where}",
+    )
 
 
 def _check(spec: LLMServiceSpec) -> Iterator[FieldError]:

@@ -51,6 +51,7 @@ class FakeKube:
         self.rejections: dict[str, str] = {}
         self.apply_hook: Callable[[Mapping[str, Any]], None] | None = None
         self.kuberay_installed = True
+        self.llmservice_version: str | None = None  # the LLMService's live resourceVersion
 
     # --- the Kube facade -----------------------------------------------------------
     def get_rayservice(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -120,7 +121,15 @@ class FakeKube:
     ) -> None:
         self.events.append((event_type, reason, message))
 
-    def patch_llmservice_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+    def patch_llmservice_status(
+        self,
+        namespace: str,
+        name: str,
+        status: Mapping[str, Any],
+        resource_version: str | None = None,
+    ) -> None:
+        if resource_version is not None and resource_version != self.llmservice_version:
+            raise kopf.TemporaryError("HTTP 409: the object has been modified", delay=1)
         self.statuses.append(copy.deepcopy(dict(status)))
 
     # --- test helpers --------------------------------------------------------------

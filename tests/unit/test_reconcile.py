@@ -272,3 +272,17 @@ def test_kuberay_missing_says_so_applies_nothing_and_recovers_once_installed() -
     reasons = {c["type"]: c["reason"] for c in reconcile(kube, body, "resync")["conditions"]}
     assert reasons == {"Ready": "NotServing", "Progressing": "Creating", "Degraded": "Healthy"}
     assert (NS, "tiny") in kube.rayservices
+
+
+def test_status_computed_from_an_older_copy_is_never_written() -> None:
+    kube = FakeKube()
+    body = tiny()
+    body["metadata"]["resourceVersion"] = "7"
+    kube.llmservice_version = "7"
+    reconcile(kube, body, "create")
+    assert len(kube.statuses) == 1
+    kube.llmservice_version = "9"  # written meanwhile (another trigger, another replica)
+    body["metadata"]["generation"] = 2  # a status change is due...
+    with pytest.raises(kopf.TemporaryError, match="409"):
+        reconcile(kube, body, "resync")
+    assert len(kube.statuses) == 1  # ...but not from this stale copy

@@ -161,3 +161,20 @@ def test_a_missing_crd_is_told_from_a_missing_object() -> None:
     named = '{"kind":"Status","reason":"NotFound","details":{"name":"x","kind":"rayservices"}}'
     kube.custom.get_namespaced_custom_object = answer(404, named)  # type: ignore[method-assign]
     assert kube.get_rayservice("ns", "x") is None
+
+
+def test_the_resync_lists_in_pages() -> None:
+    kube = Kube(client.ApiClient())
+    pages = {None: (["a", "b"], "t1"), "t1": (["c"], "t2"), "t2": (["d"], None)}
+    asked: list[tuple[str | None, int]] = []
+
+    def listing(*_: object, limit: int, _continue: str | None = None, **__: object) -> Any:
+        asked.append((_continue, limit))
+        names, token = pages[_continue]
+        meta = {"continue": token} if token else {}
+        return {"items": [{"metadata": {"name": n}} for n in names], "metadata": meta}
+
+    kube.custom.list_cluster_custom_object = listing  # type: ignore[method-assign]
+    got = [o["metadata"]["name"] for o in kube.list_llmservices([])]
+    assert got == ["a", "b", "c", "d"]
+    assert [t for t, _ in asked] == [None, "t1", "t2"] and {n for _, n in asked} == {500}

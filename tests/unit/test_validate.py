@@ -208,3 +208,11 @@ def test_every_problem_is_reported_at_once() -> None:
     )
     paths = {p for p, _ in errors_of(obj)}
     assert {"spec.replicas", "spec.autoscaling.minReplicas", "spec.gpu.acceleratorType"} <= paths
+
+
+def test_a_spec_too_big_for_the_annotations_is_refused_naming_the_largest_fields() -> None:
+    env = [{"name": f"V{i}", "value": "x" * 30_000} for i in range(4)]
+    found = errors_of(with_spec(env=env))
+    assert found[0][0] == "spec" and "at most 100 KiB" in found[0][1]
+    assert "largest: spec.env 117 KiB" in found[0][1]
+    parse(with_spec(env=env[:3]))  # 88 KiB: fine

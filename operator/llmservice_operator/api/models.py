@@ -179,6 +179,7 @@ class EngineSpec(_Model):
     )
     extra_args: dict[str, Any] = Field(
         default_factory=dict,
+        max_length=64,
         description=(
             "Further vLLM engine arguments, passed through as engine kwargs (snake_case keys, "
             "e.g. swap_space). Keys the fields above cover are rejected."

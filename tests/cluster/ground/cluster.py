@@ -33,6 +33,7 @@ from tests.cluster.ground.processes import (
     one_line,
     spawn,
     terminate,
+    wait_for,
     wait_ready,
 )
 
@@ -209,6 +210,39 @@ class LocalCluster:
         terminate(old, self.timeouts.stop)
         self.processes.remove(old)
         self._start_apiserver()
+
+    def outage(self, name: str, down_s: float) -> None:
+        """Stop kube-apiserver or etcd, keep it down for `down_s`, start it again (same ports,
+        same data): a control-plane crash or upgrade as its clients live through it. The
+        sleep is the fault's length, not a wait for something to happen."""
+        starts = {"kube-apiserver": self._start_apiserver, "etcd": self._start_etcd}
+        old = self._process(name)
+        terminate(old, self.timeouts.stop)
+        self.processes.remove(old)
+        time.sleep(down_s)
+        starts[name]()
+        tls = self.pki.client_tls()
+        wait_for(
+            f"kube-apiserver ready after the {name} outage",
+            lambda: http_get(f"{self.server}/readyz", tls)[0] == 200,
+            self.timeouts.apiserver,
+        )
+        self._wait_controllers_back(name)
+
+    def _wait_controllers_back(self, after: str) -> None:
+        """Until the controller-manager acts again: its watches back off while the control plane
+        is down, and the next test's namespace needs its ServiceAccount controller."""
+        core = client.CoreV1Api(self.api_client)
+        probe = f"probe-{after}-{os.getpid()}-{int(time.monotonic())}"
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=probe)))
+        try:
+            wait_for(
+                f"the controller-manager to act again after the {after} outage",
+                lambda: core.read_namespaced_service_account("default", probe),
+                120,
+            )
+        finally:
+            core.delete_namespace(probe)
 
     def remove_workdir(self) -> None:
         """Delete the work dir if this cluster made it (keep it to read logs after a failure)."""
