@@ -108,6 +108,9 @@ def wait_ready_reason(
 
 
 def warned(core: client.CoreV1Api, ns: str, name: str, reason: str) -> bool:
-    """A Warning Event with `reason` was posted about the LLMService `name`."""
+    """A Warning Event with `reason` was posted about the LLMService `name`.
+
+    The operator posts it just after the status write: wait for it, never read it once.
+    """
     events = core.list_namespaced_event(ns, field_selector=f"involvedObject.name={name}").items
     return any(e.reason == reason and e.type == "Warning" for e in events)

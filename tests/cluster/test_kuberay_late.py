@@ -51,7 +51,11 @@ def test_kuberay_installed_late_is_picked_up_without_a_restart(
 
         ready = wait_for("Ready reason KubeRayMissing", missing, WAIT_S)
         assert ready["status"] == "False" and "CRDs are not installed" in ready["message"]
-        assert warned(core, "default", "llama", "KubeRayMissing")
+        wait_for(
+            "KubeRayMissing Warning event",
+            lambda: warned(core, "default", "llama", "KubeRayMissing"),
+            WAIT_S,
+        )
 
         bare.install_kuberay_crds()
         # The same process, no restart: its retry (at most a minute apart) applies the child.

@@ -201,7 +201,9 @@ def test_an_apply_the_api_server_refuses_is_apply_failed_and_retried(
     assert "403" in condition(svc, "Ready")["message"]
     assert condition(svc, "Degraded")["status"] == "True"
     assert get_rs(api, namespace, "llama") is None
-    assert warned(core, namespace, "llama", "ApplyFailed")
+    wait_for(
+        "ApplyFailed Warning event", lambda: warned(core, namespace, "llama", "ApplyFailed"), WAIT_S
+    )
 
     # The refusal is lifted: the retry (with back-off) applies, nobody touches the spec.
     core.delete_namespaced_resource_quota("no-rayservices", namespace)
@@ -236,7 +238,7 @@ def test_a_foreign_rayservice_of_the_same_name_is_left_alone(
     svc = wait_ready_reason(api, namespace, "llama", "Conflict")
     assert "no LLMService controls it" in condition(svc, "Ready")["message"]
     assert condition(svc, "Degraded")["status"] == "True"
-    assert warned(core, namespace, "llama", "Conflict")
+    wait_for("Conflict Warning event", lambda: warned(core, namespace, "llama", "Conflict"), WAIT_S)
     after = get_rs(api, namespace, "llama")
     assert after is not None and after["spec"] == before["spec"]
     assert not after["metadata"].get("ownerReferences")
@@ -268,7 +270,9 @@ def test_invalid_spec_is_reported_and_nothing_is_applied(
     patch_spec(api, namespace, "llama", {"engine": {"tensorParallelSize": 4}})
     svc = wait_ready_reason(api, namespace, "llama", "InvalidSpec")
     assert "spec.engine.tensorParallelSize" in condition(svc, "Ready")["message"]
-    assert warned(core, namespace, "llama", "InvalidSpec")
+    wait_for(
+        "InvalidSpec Warning event", lambda: warned(core, namespace, "llama", "InvalidSpec"), WAIT_S
+    )
     after = get_rs(api, namespace, "llama")
     assert after is not None and after["spec"] == before["spec"]
 
