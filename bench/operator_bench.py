@@ -1,12 +1,15 @@
 """Operator scale benchmark: N LLMServices created at once on the local control plane. Not a test.
 
-    .venv/bin/python -m bench.operator_bench [-n 1000] [--keep-kuberay]
+    .venv/bin/python -m bench.operator_bench [-n 1000] [--keep-kuberay] [--resync-interval S]
 
 Reports the time until every RayService exists, the p50/p99 latency from an LLMService's
 create call returning to its RayService appearing (watched) during the burst, the same latency
-once steady (50 more, one at a time, polled every 10 ms), and the operator's peak RSS (VmHWM).
-KubeRay is stopped by default so the measurement is the operator's, not KubeRay building
-1,000 Ray clusters on a 2-core machine.
+once steady (50 more, one at a time, polled every 10 ms, with N live), the operator's peak RSS
+(VmHWM), the Kubernetes API requests per reconcile (the operator's own counter,
+llmservice_api_requests_total: kopf's watches and bookkeeping patches not included), and what
+one whole resync pass over the unchanged N costs: its requests per object and its writes (the
+goal is none). KubeRay is stopped by default so the measurement is the operator's, not KubeRay
+building thousands of Ray clusters on a 2-core machine.
 """
 
 from __future__ import annotations
@@ -24,8 +27,14 @@ from kubernetes import client, watch
 
 from llmservice_operator import constants as c
 from tests.cluster.harness import LocalCluster
-from tests.cluster.operator_process import OperatorProcess, install_llmservice_crd
-from tests.cluster.test_operator import llmservice
+from tests.cluster.objects import llmservice
+from tests.cluster.operator_process import (
+    RECONCILES,
+    RESYNC_PASSES,
+    Metrics,
+    OperatorProcess,
+    install_llmservice_crd,
+)
 
 NAMESPACE = "bench"
 STEADY = 50
@@ -49,21 +58,37 @@ def _peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
+API_REQUESTS = "llmservice_api_requests_total"
+WRITE_VERBS = ("apply", "patch", "create", "delete")
+
+
+def _requests(m: Metrics, verbs: tuple[str, ...] | None = None) -> float:
+    """The operator's API requests so far (all verbs, or only `verbs`)."""
+    if not m.has(API_REQUESTS):
+        return 0.0
+    if verbs is None:
+        return m.value(API_REQUESTS)
+    return sum(m.value(API_REQUESTS, verb=v) for v in verbs)
+
+
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def run(n: int, keep_kuberay: bool) -> dict[str, Any]:
+def run(n: int, keep_kuberay: bool, resync_interval: float) -> dict[str, Any]:
     with LocalCluster() as cluster:
         if not keep_kuberay:
             cluster.stop_component("kuberay-operator")
         install_llmservice_crd(cluster.api_client)
         core = client.CoreV1Api(cluster.api_client)
         core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NAMESPACE)))
-        proc = OperatorProcess(cluster, "operator-bench", "--timer-interval", "600")
+        proc = OperatorProcess(
+            cluster, "operator-bench", "--timer-interval", str(resync_interval), metrics=True
+        )
         proc.start()
-        time.sleep(5)  # operator startup (kopf login, CRD discovery, watches)
+        proc.wait_serving()
+        time.sleep(5)  # kopf login, CRD discovery, watches: no metric says when they are up
         custom = client.CustomObjectsApi(cluster.api_client)
 
         created: dict[str, float] = {}
@@ -87,7 +112,7 @@ def run(n: int, keep_kuberay: bool) -> dict[str, Any]:
         time.sleep(1)
 
         def create(i: int) -> None:
-            name = f"svc-{i:04d}"
+            name = f"svc-{i:05d}"
             custom.create_namespaced_custom_object(
                 c.GROUP, c.VERSION, NAMESPACE, c.PLURAL, llmservice(NAMESPACE, name=name)
             )
@@ -114,6 +139,23 @@ def run(n: int, keep_kuberay: bool) -> dict[str, Any]:
             while not _exists(custom, name):
                 time.sleep(0.01)
             steady.append(time.monotonic() - t0)
+        # The burst's cost per reconcile, then one whole resync pass over the unchanged N.
+        after_steady = proc.metrics()
+        reconciles = after_steady.value(RECONCILES)
+        passes = (
+            after_steady.value(RESYNC_PASSES, outcome="ok")
+            if after_steady.has(RESYNC_PASSES)
+            else 0
+        )
+        resynced = proc.wait_metrics(
+            "two more resync passes (one whole pass over the unchanged objects)",
+            lambda m: m.has(RESYNC_PASSES) and m.value(RESYNC_PASSES, outcome="ok") >= passes + 2,
+            timeout=3 * resync_interval + 1200,
+        )
+        # Requests of the passes in between; the first may have begun before the steady phase.
+        total = n + STEADY
+        pass_requests = (_requests(resynced) - _requests(after_steady)) / 2
+        pass_writes = _requests(resynced, WRITE_VERBS) - _requests(after_steady, WRITE_VERBS)
         assert proc.proc is not None
         result = {
             "llmservices": n,
@@ -125,6 +167,10 @@ def run(n: int, keep_kuberay: bool) -> dict[str, Any]:
             "steady_latency_p50_s": round(statistics.median(steady), 3),
             "steady_latency_p99_s": round(_pct(steady, 0.99), 3),
             "operator_peak_rss_mib": round(_peak_rss_mib(proc.proc.pid), 1),
+            "api_requests_per_reconcile": round(_requests(after_steady) / max(reconciles, 1), 2),
+            "resync_requests_per_object": round(pass_requests / total, 2),
+            "resync_writes_unchanged": pass_writes,
+            "resync_interval_s": resync_interval,
             "kuberay_running": keep_kuberay,
         }
         proc.stop()
@@ -135,8 +181,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("-n", type=int, default=1000)
     parser.add_argument("--keep-kuberay", action="store_true")
+    parser.add_argument(
+        "--resync-interval", type=float, default=120.0, help="operator --timer-interval (s)"
+    )
     args = parser.parse_args()
-    print(json.dumps(run(args.n, args.keep_kuberay), indent=2))
+    print(json.dumps(run(args.n, args.keep_kuberay, args.resync_interval), indent=2))
 
 
 if __name__ == "__main__":

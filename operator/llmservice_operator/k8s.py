@@ -20,6 +20,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from llmservice_operator import constants as c
+from llmservice_operator import metrics
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +75,13 @@ def _reason(exc: ApiException) -> str:
 
 
 @contextmanager
-def classified(what: str) -> Iterator[None]:
-    """Turn API errors into kopf's retry semantics, naming what was attempted."""
+def classified(what: str, verb: str = "", resource: str = "") -> Iterator[None]:
+    """Turn API errors into kopf's retry semantics, naming what was attempted.
+
+    With `verb` and `resource`, the call is also counted (llmservice_api_requests_total).
+    """
+    if verb:
+        metrics.API_REQUESTS.labels(verb=verb, resource=resource).inc()
     try:
         yield
     except ApiException as exc:
@@ -129,7 +135,7 @@ class Kube:
         In pages of LIST_PAGE_SIZE: with thousands of objects one unpaginated LIST would be a
         single response of many megabytes, held whole by the API server and by us.
         """
-        with classified("list LLMServices"):
+        with classified("list LLMServices", "list", "llmservices"):
             if not namespaces:
                 return self._paged(
                     lambda **kw: self.custom.list_cluster_custom_object(
@@ -174,6 +180,7 @@ class Kube:
         return {ns for ns in namespaces if _higher_peer_alive(self._peers(peering, ns), priority)}
 
     def _peers(self, peering: str, namespace: str | None) -> Mapping[str, Any]:
+        metrics.API_REQUESTS.labels(verb="get", resource="kopfpeerings").inc()
         try:
             if namespace is None:
                 obj = self.custom.get_cluster_custom_object(
@@ -216,6 +223,7 @@ class Kube:
             source=client.V1EventSource(component=c.FIELD_MANAGER),
             reporting_component=c.FIELD_MANAGER,
         )
+        metrics.API_REQUESTS.labels(verb="create", resource="events").inc()
         try:
             self.core.create_namespaced_event(
                 meta["namespace"], event, _request_timeout=REQUEST_TIMEOUT_S
@@ -224,7 +232,7 @@ class Kube:
             log.warning("could not post event %s on %s: %r", reason, meta["name"], exc)
 
     def _get_ray(self, kind: str, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
-        with classified(f"get {kind} {namespace}/{name}"):
+        with classified(f"get {kind} {namespace}/{name}", "get", plural):
             try:
                 obj = self.custom.get_namespaced_custom_object(
                     RAY_GROUP, RAY_VERSION, namespace, plural, name,
@@ -247,7 +255,9 @@ class Kube:
     def apply_rayservice(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         """Server-side apply with our one field manager; force takes back fields we own."""
         meta = obj["metadata"]
-        with classified(f"apply RayService {meta['namespace']}/{meta['name']}"):
+        with classified(
+            f"apply RayService {meta['namespace']}/{meta['name']}", "apply", RAYSERVICES
+        ):
             applied = self.custom.patch_namespaced_custom_object(
                 RAY_GROUP,
                 RAY_VERSION,
@@ -263,7 +273,7 @@ class Kube:
             return cast(dict[str, Any], applied)
 
     def get_networkpolicy(self, namespace: str, name: str) -> dict[str, Any] | None:
-        with classified(f"get NetworkPolicy {namespace}/{name}"):
+        with classified(f"get NetworkPolicy {namespace}/{name}", "get", "networkpolicies"):
             try:
                 obj = self.networking.read_namespaced_network_policy(
                     name, namespace, _request_timeout=REQUEST_TIMEOUT_S
@@ -277,7 +287,9 @@ class Kube:
     def apply_networkpolicy(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         """Server-side apply, like the RayService's (same field manager, force)."""
         meta = obj["metadata"]
-        with classified(f"apply NetworkPolicy {meta['namespace']}/{meta['name']}"):
+        with classified(
+            f"apply NetworkPolicy {meta['namespace']}/{meta['name']}", "apply", "networkpolicies"
+        ):
             applied = self.networking.patch_namespaced_network_policy(
                 meta["name"],
                 meta["namespace"],
@@ -291,7 +303,7 @@ class Kube:
 
     def delete_networkpolicy(self, namespace: str, name: str, uid: str) -> None:
         """Delete our NetworkPolicy (UID precondition: never a same-named successor)."""
-        with classified(f"delete NetworkPolicy {namespace}/{name}"):
+        with classified(f"delete NetworkPolicy {namespace}/{name}", "delete", "networkpolicies"):
             try:
                 self.networking.delete_namespaced_network_policy(
                     name,
@@ -304,7 +316,7 @@ class Kube:
                     raise
 
     def get_llmservice(self, namespace: str, name: str) -> dict[str, Any] | None:
-        with classified(f"get LLMService {namespace}/{name}"):
+        with classified(f"get LLMService {namespace}/{name}", "get", "llmservices"):
             try:
                 obj = self.custom.get_namespaced_custom_object(
                     c.GROUP, c.VERSION, namespace, c.PLURAL, name,
@@ -328,7 +340,9 @@ class Kube:
         patch: dict[str, Any] = {"status": dict(status)}
         if resource_version:
             patch["metadata"] = {"resourceVersion": resource_version}
-        with classified(f"update status of LLMService {namespace}/{name}"):
+        with classified(
+            f"update status of LLMService {namespace}/{name}", "patch", "llmservices/status"
+        ):
             try:
                 self.custom.patch_namespaced_custom_object_status(
                     c.GROUP,
@@ -352,7 +366,7 @@ class Kube:
         self, namespace: str, name: str, ops: list[dict[str, Any]]
     ) -> dict[str, Any]:
         """JSON patch of a RayCluster under the replicas field manager (see ``scale``)."""
-        with classified(f"scale RayCluster {namespace}/{name}"):
+        with classified(f"scale RayCluster {namespace}/{name}", "patch", RAYCLUSTERS):
             try:
                 patched = self.custom.patch_namespaced_custom_object(
                     RAY_GROUP,
@@ -376,7 +390,7 @@ class Kube:
 
     def worker_pods(self, namespace: str, cluster: str) -> list[dict[str, Any]]:
         """The live (not terminating) worker pods of one RayCluster."""
-        with classified(f"list pods of RayCluster {namespace}/{cluster}"):
+        with classified(f"list pods of RayCluster {namespace}/{cluster}", "list", "pods"):
             pods = self.core.list_namespaced_pod(
                 namespace,
                 label_selector=f"ray.io/cluster={cluster},ray.io/node-type=worker",
@@ -407,6 +421,7 @@ class Kube:
         """
         if self._http is not None:
             return self._serve_details_direct(namespace, head_service)
+        metrics.API_REQUESTS.labels(verb="get", resource="services/proxy").inc()
         path = (
             f"/api/v1/namespaces/{namespace}/services/{head_service}:dashboard/proxy/"
             f"{SERVE_DETAILS_PATH}"
@@ -451,7 +466,7 @@ class Kube:
 
     def kuberay_rejection(self, namespace: str, uid: str) -> str | None:
         """The latest message of KubeRay refusing this RayService, if it did (Warning events)."""
-        with classified(f"list events of RayService {namespace}"):
+        with classified(f"list events of RayService {namespace}", "list", "events"):
             events = self.core.list_namespaced_event(
                 namespace,
                 field_selector=f"involvedObject.uid={uid}",

@@ -20,6 +20,12 @@ RESYNC_PASSES = Counter(
     "Completed passes of the periodic resync (ok, standby: a higher peer acts, list_failed).",
     ["outcome"],
 )
+API_REQUESTS = Counter(
+    "llmservice_api_requests_total",
+    "Kubernetes API requests made by reconciles and the resync (kopf's own watches and "
+    "bookkeeping patches not included), by verb and resource.",
+    ["verb", "resource"],
+)
 ERRORS = Counter("llmservice_reconcile_errors_total", "Reconciles that raised.", ["kind"])
 LATENCY = Histogram(
     "llmservice_reconcile_seconds",

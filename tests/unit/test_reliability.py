@@ -178,3 +178,13 @@ def test_the_resync_lists_in_pages() -> None:
     got = [o["metadata"]["name"] for o in kube.list_llmservices([])]
     assert got == ["a", "b", "c", "d"]
     assert [t for t, _ in asked] == [None, "t1", "t2"] and {n for _, n in asked} == {500}
+
+
+def test_api_requests_are_counted_by_verb_and_resource() -> None:
+    counter = metrics.API_REQUESTS.labels(verb="get", resource="rayservices")
+    before = counter._value.get()
+    with pytest.raises(kopf.TemporaryError), classified("get x", "get", "rayservices"):
+        raise ApiException(status=503)
+    with classified("get y", "get", "rayservices"):
+        pass
+    assert counter._value.get() == before + 2  # failed requests count too: they hit the server
