@@ -142,8 +142,12 @@ bench-serve-gpu: ## The same three side by side on one GPU, Llama-3.1-8B shape (
 	$(GPU_BENCH) down
 
 .PHONY: bench-operator
-bench-operator: venv tools ## 1,000 LLMServices at once against the operator (local control plane)
-	$(PY) -m bench.operator_bench -n 1000
+bench-operator: venv tools ## N (default 1,000) LLMServices at once against the operator (local control plane)
+	$(PY) -m bench.operator_bench -n $(or $(N),1000)
+
+.PHONY: bench-chaos
+bench-chaos: venv tools ## 100 operator SIGKILLs and 5 API server restarts under load over 200 LLMServices
+	$(PY) -m bench.chaos -n 200 --kills 100 --apiserver-restarts 5
 
 .PHONY: bench-render
 bench-render: venv ## Render time per LLMService (median of 1,000)

@@ -91,6 +91,7 @@ def run(n: int, keep_kuberay: bool, resync_interval: float) -> dict[str, Any]:
         time.sleep(5)  # kopf login, CRD discovery, watches: no metric says when they are up
         custom = client.CustomObjectsApi(cluster.api_client)
 
+        burst_timeout = max(600, int(n * 0.2))  # 10,000: 2,000 s at the most
         created: dict[str, float] = {}
         appeared: dict[str, float] = {}
         done = threading.Event()
@@ -99,7 +100,7 @@ def run(n: int, keep_kuberay: bool, resync_interval: float) -> dict[str, Any]:
             w = watch.Watch()
             for event in w.stream(
                 custom.list_namespaced_custom_object, "ray.io", "v1", NAMESPACE, "rayservices",
-                timeout_seconds=600,
+                timeout_seconds=burst_timeout,
             ):  # fmt: skip
                 name = event["object"]["metadata"]["name"]
                 appeared.setdefault(name, time.monotonic())
@@ -122,7 +123,7 @@ def run(n: int, keep_kuberay: bool, resync_interval: float) -> dict[str, Any]:
         with ThreadPoolExecutor(max_workers=16) as pool:
             list(pool.map(create, range(n)))
         create_s = time.monotonic() - began
-        done.wait(timeout=600)
+        done.wait(timeout=burst_timeout)
         all_s = max(appeared.values()) - began if appeared else float("nan")
         latencies = [appeared[k] - created[k] for k in created if k in appeared]
 
