@@ -140,23 +140,25 @@ def run(n: int, keep_kuberay: bool, resync_interval: float) -> dict[str, Any]:
             while not _exists(custom, name):
                 time.sleep(0.01)
             steady.append(time.monotonic() - t0)
-        # The burst's cost per reconcile, then one whole resync pass over the unchanged N.
+        # The burst's cost per reconcile, then one whole resync pass over the unchanged N: the
+        # counters are read when one pass has ended (the steady phase's trailing writes are
+        # done by then) and again when the next has, so exactly one pass lies in between.
         after_steady = proc.metrics()
         reconciles = after_steady.value(RECONCILES)
-        passes = (
-            after_steady.value(RESYNC_PASSES, outcome="ok")
-            if after_steady.has(RESYNC_PASSES)
-            else 0
+
+        def passes(m: Metrics) -> float:
+            return m.value(RESYNC_PASSES, outcome="ok") if m.has(RESYNC_PASSES) else 0.0
+
+        timeout = 3 * resync_interval + 1200
+        settled = proc.wait_metrics(
+            "a resync pass ended", lambda m: passes(m) >= passes(after_steady) + 1, timeout
         )
         resynced = proc.wait_metrics(
-            "two more resync passes (one whole pass over the unchanged objects)",
-            lambda m: m.has(RESYNC_PASSES) and m.value(RESYNC_PASSES, outcome="ok") >= passes + 2,
-            timeout=3 * resync_interval + 1200,
+            "one more whole resync pass", lambda m: passes(m) >= passes(settled) + 1, timeout
         )
-        # Requests of the passes in between; the first may have begun before the steady phase.
         total = n + STEADY
-        pass_requests = (_requests(resynced) - _requests(after_steady)) / 2
-        pass_writes = _requests(resynced, WRITE_VERBS) - _requests(after_steady, WRITE_VERBS)
+        pass_requests = _requests(resynced) - _requests(settled)
+        pass_writes = _requests(resynced, WRITE_VERBS) - _requests(settled, WRITE_VERBS)
         assert proc.proc is not None
         result = {
             "llmservices": n,
