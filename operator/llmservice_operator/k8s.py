@@ -258,7 +258,9 @@ class Kube:
         with classified(
             f"apply RayService {meta['namespace']}/{meta['name']}", "apply", RAYSERVICES
         ):
-            applied = self.custom.patch_namespaced_custom_object(
+            # Raw body: the generated client maps only HTTP 200 of a PATCH to a return value,
+            # so an apply that creates the object (201) would come back as None.
+            resp = self.custom.patch_namespaced_custom_object(
                 RAY_GROUP,
                 RAY_VERSION,
                 meta["namespace"],
@@ -269,8 +271,9 @@ class Kube:
                 force=True,
                 _content_type=APPLY_PATCH,
                 _request_timeout=REQUEST_TIMEOUT_S,
+                _preload_content=False,
             )
-            return cast(dict[str, Any], applied)
+            return cast(dict[str, Any], json.loads(cast(Any, resp).data))
 
     def get_networkpolicy(self, namespace: str, name: str) -> dict[str, Any] | None:
         with classified(f"get NetworkPolicy {namespace}/{name}", "get", "networkpolicies"):
@@ -334,9 +337,11 @@ class Kube:
         name: str,
         status: Mapping[str, Any],
         resource_version: str | None = None,
-    ) -> None:
-        """Write status; with `resource_version`, only over the very object it was computed
-        from (a 409 otherwise, retried by the caller from a fresh read): never backwards."""
+    ) -> bool:
+        """Write status; with `resource_version`, only over that very version of the object.
+
+        Returns False when the object changed since (HTTP 409) or is gone (404).
+        """
         patch: dict[str, Any] = {"status": dict(status)}
         if resource_version:
             patch["metadata"] = {"resourceVersion": resource_version}
@@ -356,8 +361,11 @@ class Kube:
                     _request_timeout=REQUEST_TIMEOUT_S,
                 )
             except ApiException as exc:
-                if exc.status != 404:  # deleted meanwhile: nothing left to report on
-                    raise
+                # 404: deleted meanwhile, nothing left to report on; 409: written since.
+                if exc.status in (404, 409):
+                    return False
+                raise
+            return True
 
     def get_raycluster(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self._get_ray("RayCluster", RAYCLUSTERS, namespace, name)

@@ -106,18 +106,31 @@ def _needs_apply(want: Mapping[str, Any], live: Mapping[str, Any] | None) -> boo
 def _write_status(
     kube: Kube, body: Mapping[str, Any], status: LLMServiceStatus, previous: Mapping[str, Any]
 ) -> bool:
-    new = to_wire(status)
-    new["conditions"] = merge_conditions(
-        new["conditions"], previous.get("conditions") or [], _now()
-    )
-    old_view = without_times({k: previous.get(k) for k in new})
-    if old_view == without_times(new):
-        return False
+    """Write status if it changed, only over the object version it is due for.
+
+    The observation behind `status` is fresh; the copy of the object may not be (another
+    trigger wrote status since it was read). On a conflict: if the spec moved on, the newer
+    generation's reconcile reports it and this one writes nothing; if not, the status is
+    written once more over the fresh copy.
+    """
     meta = body["metadata"]
-    kube.patch_llmservice_status(
-        meta["namespace"], meta["name"], new, resource_version=meta.get("resourceVersion")
-    )
-    return True
+    for _ in range(2):
+        new = to_wire(status)
+        new["conditions"] = merge_conditions(
+            new["conditions"], previous.get("conditions") or [], _now()
+        )
+        old_view = without_times({k: previous.get(k) for k in new})
+        if old_view == without_times(new):
+            return False
+        if kube.patch_llmservice_status(
+            meta["namespace"], meta["name"], new, resource_version=meta.get("resourceVersion")
+        ):
+            return True
+        fresh = kube.get_llmservice(meta["namespace"], meta["name"])
+        if fresh is None or fresh["metadata"].get("generation") != meta.get("generation"):
+            return False  # deleted, or a newer spec whose own reconcile reports on it
+        meta, previous = fresh["metadata"], fresh.get("status") or {}
+    raise kopf.TemporaryError("status changed under two writes in a row", delay=1)
 
 
 class BackedOff(kopf.TemporaryError):
@@ -164,6 +177,7 @@ def reconcile(
         action = "created" if live is None else "updated"
         try:
             live = kube.apply_rayservice(rayservice)
+            _remember_write(live)
         except kopf.PermanentError as exc:
             # Refused by the API server (RBAC, admission, no KubeRay CRD): say so in status,
             # and retry with back-off: a fixed RBAC or an installed KubeRay heals it.
@@ -211,7 +225,7 @@ def _sync_policy(
             kube.post_event(body, "Normal", "Deleted", f"NetworkPolicy {live_meta['name']} deleted")
         return
     if _needs_apply(want, live):
-        kube.apply_networkpolicy(want)
+        _remember_write(kube.apply_networkpolicy(want))
         action = "created" if live is None else "updated"
         name = want["metadata"]["name"]
         kube.post_event(body, "Normal", "Applied", f"NetworkPolicy {name} {action} ({trigger})")
@@ -482,6 +496,33 @@ def object_lock(namespace: str, name: str) -> threading.RLock:
         return _LOCKS.setdefault((namespace, name), threading.RLock())
 
 
+# The resourceVersion of our own last write of each child. Its watch event (the echo) tells
+# nothing the reconcile that wrote it did not know: skipping it saves a reconcile per apply,
+# which after a burst of thousands of creates is a backlog in front of every new event.
+_OWN_WRITES: dict[tuple[str, str, str], str] = {}
+
+
+def _child_key(obj: Mapping[str, Any]) -> tuple[str, str, str]:
+    meta = obj.get("metadata") or {}
+    return (str(obj.get("kind")), str(meta.get("namespace")), str(meta.get("name")))
+
+
+def _remember_write(obj: Mapping[str, Any] | None) -> None:
+    version = ((obj or {}).get("metadata") or {}).get("resourceVersion")
+    if version:
+        _OWN_WRITES[_child_key(obj or {})] = str(version)
+
+
+def _own_echo(body: Mapping[str, Any], event_type: str | None) -> bool:
+    """An ADDED/MODIFIED event of exactly what we last wrote (never a deletion)."""
+    version = (body.get("metadata") or {}).get("resourceVersion")
+    return (
+        event_type in ("ADDED", "MODIFIED")
+        and version is not None
+        and _OWN_WRITES.get(_child_key(body)) == str(version)
+    )
+
+
 def _stale(key: tuple[str, str], meta: Mapping[str, Any]) -> bool:
     seen = _RECONCILED.get(key)
     generation = meta.get("generation")
@@ -515,11 +556,15 @@ def _counted(kube: Kube, body: Mapping[str, Any], trigger: str, attempt: int = 0
     "networking.k8s.io", "v1", "networkpolicies", labels={c.LABEL_MANAGED_BY: c.FIELD_MANAGER}
 )
 def on_child(
-    body: kopf.Body, memo: kopf.Memo, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any
+    body: kopf.Body,
+    memo: kopf.Memo,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    type: str | None = None,  # kopf passes the watch event type by this name
+    **_: Any,
 ) -> None:
     """Any change to an owned child: KubeRay status, a hand edit, a delete (drift repair)."""
     owner = body["metadata"].get("labels", {}).get(c.LABEL_LLMSERVICE)
-    if not owner:
+    if not owner or _own_echo(body, type):
         return
     kube: Kube = memo["kube"]
     namespace = body["metadata"]["namespace"]

@@ -250,6 +250,15 @@ def test_s3_credentials_from_a_secret_are_never_copied_anywhere(
         assert (ref.name, ref.key) == ("model-bucket", "secret-access-key")
         assert env["AWS_SECRET_ACCESS_KEY"].value is None
 
+    # kopf writes its copy of the spec once its handler has succeeded (a retry may come first).
+    wait_for(
+        "kopf's last-handled-configuration annotation",
+        lambda: any(
+            k.endswith("last-handled-configuration")
+            for k in (get_svc(api, namespace, "s3")["metadata"].get("annotations") or {})
+        ),
+        WAIT_S,
+    )
     # Everything the operator, kopf and KubeRay wrote: the LLMService (spec, status, kopf's
     # last-handled-configuration annotation), RayService, RayCluster, pods, NetworkPolicy, events.
     serialize = client.ApiClient().sanitize_for_serialization

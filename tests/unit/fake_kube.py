@@ -52,6 +52,7 @@ class FakeKube:
         self.apply_hook: Callable[[Mapping[str, Any]], None] | None = None
         self.kuberay_installed = True
         self.llmservice_version: str | None = None  # the LLMService's live resourceVersion
+        self.llmservices: dict[tuple[str, str], dict[str, Any]] = {}  # for get_llmservice
 
     # --- the Kube facade -----------------------------------------------------------
     def get_rayservice(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -70,7 +71,12 @@ class FakeKube:
         live = self.rayservices.get(key, {"status": {}})
         gen = int(live.get("metadata", {}).get("generation", 0)) + 1
         new = copy.deepcopy(dict(obj))
-        new["metadata"] = {**new["metadata"], "generation": gen, "uid": f"uid-{meta['name']}"}
+        new["metadata"] = {
+            **new["metadata"],
+            "generation": gen,
+            "uid": f"uid-{meta['name']}",
+            "resourceVersion": str(gen),
+        }
         new["status"] = live.get("status", {})
         self.rayservices[key] = new
         return copy.deepcopy(new)
@@ -94,6 +100,10 @@ class FakeKube:
         if live is not None and live["metadata"].get("uid") == uid:
             del self.networkpolicies[(namespace, name)]
             self.policy_writes.append(("delete", name))
+
+    def get_llmservice(self, namespace: str, name: str) -> dict[str, Any] | None:
+        obj = self.llmservices.get((namespace, name))
+        return copy.deepcopy(obj) if obj else None
 
     def get_raycluster(self, namespace: str, name: str) -> dict[str, Any] | None:
         obj = self.rayclusters.get((namespace, name))
@@ -127,10 +137,11 @@ class FakeKube:
         name: str,
         status: Mapping[str, Any],
         resource_version: str | None = None,
-    ) -> None:
+    ) -> bool:
         if resource_version is not None and resource_version != self.llmservice_version:
-            raise kopf.TemporaryError("HTTP 409: the object has been modified", delay=1)
+            return False  # HTTP 409: the object has been modified
         self.statuses.append(copy.deepcopy(dict(status)))
+        return True
 
     # --- test helpers --------------------------------------------------------------
     def add_cluster(
