@@ -222,6 +222,30 @@ def _status(
     )
 
 
+def _blocked(
+    desired: Desired,
+    previous: Mapping[str, Any],
+    phase: Phase,
+    reason: Reason,
+    message: str,
+    next_step: str,
+) -> LLMServiceStatus:
+    """Nothing was applied and nothing of ours runs: say why, and what would unblock it."""
+    gen = desired.generation
+    return _status(
+        desired,
+        phase=phase,
+        ready_replicas=0,
+        active_version=previous.get("activeVersion"),
+        pending_version=desired.version,
+        conditions=[
+            _cond(ConditionType.READY, False, reason, message, gen),
+            _cond(ConditionType.PROGRESSING, False, reason, next_step, gen),
+            _cond(ConditionType.DEGRADED, True, reason, message, gen),
+        ],
+    )
+
+
 def compute_status(
     desired: Desired, obs: Observation, previous: Mapping[str, Any] | None
 ) -> LLMServiceStatus:
@@ -242,32 +266,10 @@ def compute_status(
     )
 
     if obs.conflict is not None:
-        msg = obs.conflict
-        return _status(
-            desired,
-            phase=Phase.FAILED,
-            ready_replicas=0,
-            active_version=previous.get("activeVersion"),
-            pending_version=desired.version,
-            conditions=[
-                _cond(ConditionType.READY, False, Reason.CONFLICT, msg, gen),
-                _cond(ConditionType.PROGRESSING, False, Reason.CONFLICT, _RENAME, gen),
-                _cond(ConditionType.DEGRADED, True, Reason.CONFLICT, msg, gen),
-            ],
-        )
+        return _blocked(desired, previous, Phase.FAILED, Reason.CONFLICT, obs.conflict, _RENAME)
     if obs.kuberay_missing is not None:
-        msg = obs.kuberay_missing
-        return _status(
-            desired,
-            phase=Phase.PENDING,
-            ready_replicas=0,
-            active_version=previous.get("activeVersion"),
-            pending_version=desired.version,
-            conditions=[
-                _cond(ConditionType.READY, False, Reason.KUBERAY_MISSING, msg, gen),
-                _cond(ConditionType.PROGRESSING, False, Reason.KUBERAY_MISSING, _INSTALL, gen),
-                _cond(ConditionType.DEGRADED, True, Reason.KUBERAY_MISSING, msg, gen),
-            ],
+        return _blocked(
+            desired, previous, Phase.PENDING, Reason.KUBERAY_MISSING, obs.kuberay_missing, _INSTALL
         )
     if obs.apply_error is not None:
         msg = obs.apply_error
