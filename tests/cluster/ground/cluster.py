@@ -234,15 +234,21 @@ class LocalCluster:
         is down, and the next test's namespace needs its ServiceAccount controller."""
         core = client.CoreV1Api(self.api_client)
         probe = f"probe-{after}-{os.getpid()}-{int(time.monotonic())}"
-        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=probe)))
+
+        def account() -> object:
+            # Writes may still time out (504) just after etcd is back: create until it took.
+            try:
+                core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=probe)))
+            except client.ApiException as exc:
+                if exc.status != 409:  # 409: an earlier try created it
+                    raise
+            return core.read_namespaced_service_account("default", probe)
+
         try:
-            wait_for(
-                f"the controller-manager to act again after the {after} outage",
-                lambda: core.read_namespaced_service_account("default", probe),
-                120,
-            )
+            wait_for(f"the controller-manager to act again after the {after} outage", account, 120)
         finally:
-            core.delete_namespace(probe)
+            with contextlib.suppress(client.ApiException):
+                core.delete_namespace(probe)
 
     def remove_workdir(self) -> None:
         """Delete the work dir if this cluster made it (keep it to read logs after a failure)."""
