@@ -80,6 +80,15 @@ def _truthful(line: Timeline) -> None:
     assert not early, f"activeVersion before Serve ran it:\n{line.table()}"
 
 
+def _seen_ready(line: Timeline) -> bool:
+    if line.first(lambda s: s.ready == "True") is None:
+        raise NotYet(
+            f"{len(line.samples)} samples, none with Ready=True yet; {line.skipped} skipped"
+            f" (last: {line.last_error or '-'})"
+        )
+    return True
+
+
 def test_create_is_ready_only_when_a_completion_succeeds(ground_world: Ground) -> None:
     g, w = ground_world, ground_world.world
     began = time.monotonic()
@@ -96,6 +105,9 @@ def test_create_is_ready_only_when_a_completion_succeeds(ground_world: Ground) -
         # The moment status says Ready, a user's request must succeed: no retry, no grace time.
         answer = g.chat()
         svc = w.wait("settled", w.settled, CONVERGE_S)
+        # The sampler may have been mid-read when Ready flipped (one sample reads status, Ray and
+        # pods; seconds on two busy cores): keep it running until it has seen Ready itself.
+        w.wait("the timeline to see Ready=True", lambda: _seen_ready(line), CONVERGE_S)
     serve = w.serve()
     assert serve is not None and serve.running_replicas == 1
     assert svc["status"]["readyReplicas"] == 1 and svc["status"]["activeVersion"] == "v1"

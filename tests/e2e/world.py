@@ -13,7 +13,6 @@ so a test can check that status never ran ahead of reality at any moment, not ju
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -59,6 +58,8 @@ class Sample:
 @dataclass
 class Timeline:
     samples: list[Sample] = field(default_factory=list)
+    skipped: int = 0  # samples whose reads failed (a read racing a delete)
+    last_error: str = ""
 
     def overstated_replicas(self, lag_s: float = STATUS_LAG_S) -> list[Sample]:
         """Samples where status claimed more ready replicas than Ray ran at any moment of the
@@ -200,8 +201,11 @@ class World:
 
         def run() -> None:
             while not stop.is_set():
-                with contextlib.suppress(Exception):  # a read racing a delete: skip it
+                try:
                     line.samples.append(self.sample(t0))
+                except Exception as exc:  # a read racing a delete: skip it, say so on timeout
+                    line.skipped += 1
+                    line.last_error = f"{type(exc).__name__}: {exc}"[:300]
                 stop.wait(interval)
 
         thread = threading.Thread(target=run, name="timeline", daemon=True)
