@@ -60,8 +60,15 @@ class Load:
                 self._one(name)
             except client.ApiException as exc:  # the API server restarting, or a 409 race
                 self.ops["refused"] += 1
-                if exc.status not in (0, 404, 409, 500, 503):
+                if exc.status not in (0, 404, 409, 500, 503, 504):
                     raise
+                # A write whose answer was lost in a restart may have happened: learn which
+                # from the refusal, so the name is not stuck retrying a create forever. (The
+                # audit compares with the live objects, never with this bookkeeping.)
+                if exc.status == 409 and self.want.get(name) is None:
+                    self.want[name] = {}
+                elif exc.status == 404:
+                    self.want[name] = None
             except Exception:  # connection refused while kube-apiserver restarts
                 self.ops["refused"] += 1
             time.sleep(0.02)

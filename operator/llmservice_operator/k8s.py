@@ -275,6 +275,22 @@ class Kube:
             )
             return cast(dict[str, Any], json.loads(cast(Any, resp).data))
 
+    def delete_rayservice(self, namespace: str, name: str, uid: str) -> None:
+        """Delete a RayService left by a deleted LLMService (UID precondition: only that one)."""
+        with classified(f"delete RayService {namespace}/{name}", "delete", RAYSERVICES):
+            try:
+                self.custom.delete_namespaced_custom_object(
+                    RAY_GROUP, RAY_VERSION, namespace, RAYSERVICES, name,
+                    body=client.V1DeleteOptions(
+                        preconditions=client.V1Preconditions(uid=uid),
+                        propagation_policy="Background",
+                    ),
+                    _request_timeout=REQUEST_TIMEOUT_S,
+                )  # fmt: skip
+            except ApiException as exc:
+                if exc.status not in (404, 409):  # gone, or replaced meanwhile: not that one
+                    raise
+
     def get_networkpolicy(self, namespace: str, name: str) -> dict[str, Any] | None:
         with classified(f"get NetworkPolicy {namespace}/{name}", "get", "networkpolicies"):
             try:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from llmservice_operator import constants as c
 from serve_app.naming import LLM_DEPLOYMENT_PREFIX
 
 
@@ -115,6 +116,30 @@ def foreign(child: Mapping[str, Any] | None, owner_uid: str | None) -> str | Non
         f"{what} is controlled by {controller.get('kind')} "
         f"{controller.get('name')} (uid {controller.get('uid')})"
     )
+
+
+def leftover(child: Mapping[str, Any] | None, owner: Mapping[str, Any]) -> str | None:
+    """The UID of the deleted LLMService of the same name that controls `child`, if so.
+
+    Names are unique and UIDs never come back: a child whose controller is an LLMService of
+    this name and namespace with another UID belongs to one that was deleted. The garbage
+    collector removes it in time, but after API server trouble its retries back off for many
+    minutes; until then it blocks the new LLMService of that name.
+    """
+    if child is None:
+        return None
+    meta = child.get("metadata") or {}
+    controller = next((r for r in meta.get("ownerReferences") or [] if r.get("controller")), None)
+    if controller is None or meta.get("deletionTimestamp"):
+        return None
+    group = str(controller.get("apiVersion") or "").split("/")[0]
+    ours = (controller.get("kind"), group, controller.get("name")) == (
+        c.KIND,
+        c.GROUP,
+        owner.get("name"),
+    )
+    uid = controller.get("uid")
+    return str(uid) if ours and uid and uid != owner.get("uid") else None
 
 
 def cluster_names(rayservice: Mapping[str, Any] | None) -> tuple[str | None, str | None]:

@@ -16,7 +16,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn, cast
 
 import kopf
@@ -24,6 +24,7 @@ import kopf
 from llmservice_operator import constants as c
 from llmservice_operator import metrics, scale
 from llmservice_operator.api.models import LLMService, LLMServiceStatus
+from llmservice_operator.children import Children, key_of
 from llmservice_operator.errors import InvalidSpecError
 from llmservice_operator.k8s import (
     ALL_NAMESPACES,
@@ -39,6 +40,7 @@ from llmservice_operator.observe import (
     ServeApp,
     cluster_names,
     foreign,
+    leftover,
     parse_cluster,
     parse_serve,
 )
@@ -92,15 +94,41 @@ def _kopf_body(raw: Mapping[str, Any]) -> kopf.Body:
     return raw if isinstance(raw, kopf.Body) else kopf.Body(cast(kopf.RawBody, dict(raw)))
 
 
-def _needs_apply(want: Mapping[str, Any], live: Mapping[str, Any] | None) -> bool:
+def _needs_apply(
+    want: Mapping[str, Any], live: Mapping[str, Any] | None, spec_in_line: bool = False
+) -> bool:
+    """The live child lacks something we render (`spec_in_line`: its spec is known to match,
+    a cached copy without one)."""
     if live is None:
         return True
     return not (
         is_subset(want["metadata"].get("labels", {}), live["metadata"].get("labels", {}))
         and is_subset(want["metadata"]["annotations"], live["metadata"].get("annotations", {}))
         and is_subset(want["metadata"]["ownerReferences"], live["metadata"].get("ownerReferences"))
-        and is_subset(want["spec"], live.get("spec", {}))
+        and (spec_in_line or is_subset(want["spec"], live.get("spec", {})))
     )
+
+
+def _live_child(
+    want: Mapping[str, Any], fresh: bool, get: Callable[[str, str], dict[str, Any] | None]
+) -> tuple[dict[str, Any] | None, bool]:
+    """The live child and whether its spec is known to be `want`'s: from the watch cache when
+    it knows that (a reconcile brought by an event), else read (`fresh`: the resync, the
+    safety net for whatever the cache missed)."""
+    key = key_of(want)
+    if not fresh:
+        cached = CHILDREN.in_line(key, want["spec"])
+        if cached is not None:
+            return cached, True
+    live = get(key[1], key[2])
+    CHILDREN.fetched(key, live)
+    return live, False
+
+
+def _confirm(want: Mapping[str, Any], live: Mapping[str, Any] | None, in_line: bool) -> None:
+    """Remember a read child whose spec matched the render (the next event needs no GET)."""
+    if live is not None and not in_line:
+        CHILDREN.fetched(key_of(want), live, in_line_with=want["spec"])
 
 
 def _write_status(
@@ -162,22 +190,29 @@ def reconcile(
     rayservice, *rest = [_owned(child, body) for child in render(svc)]
     policy = rest[0] if rest else None
     name, namespace = rayservice["metadata"]["name"], rayservice["metadata"]["namespace"]
+    fresh = trigger == "resync"
     try:
-        live = kube.get_rayservice(namespace, name)
+        live, rs_in_line = _live_child(rayservice, fresh, kube.get_rayservice)
     except KubeRayMissing as exc:
         return _wait_for_kuberay(kube, body, svc, str(exc), previous, attempt)
-    live_policy = kube.get_networkpolicy(namespace, name)
+    if policy is not None:
+        live_policy, np_in_line = _live_child(policy, fresh, kube.get_networkpolicy)
+    else:  # switched off: is one of ours still there to delete?
+        live_policy, np_in_line = kube.get_networkpolicy(namespace, name), False
+    leftovers = [(obj, uid) for obj in (live, live_policy) if obj and (uid := leftover(obj, meta))]
+    if leftovers:
+        return _remove_leftovers(kube, body, svc, leftovers, previous, attempt)
     conflict = foreign(live, meta.get("uid")) or (
         foreign(live_policy, meta.get("uid")) if policy is not None else None
     )
     if conflict is not None:
         return _refuse_foreign(kube, body, svc, conflict, previous)
     apply_error: str | None = None
-    if _needs_apply(rayservice, live):
+    if _needs_apply(rayservice, live, rs_in_line):
         action = "created" if live is None else "updated"
         try:
             live = kube.apply_rayservice(rayservice)
-            _remember_write(live)
+            CHILDREN.written(live, rayservice["spec"])
         except kopf.PermanentError as exc:
             # Refused by the API server (RBAC, admission, no KubeRay CRD): say so in status,
             # and retry with back-off: a fixed RBAC or an installed KubeRay heals it.
@@ -187,9 +222,11 @@ def reconcile(
             message = f"RayService {name} {action} ({trigger}, spec hash {hash_})"
             kube.post_event(body, "Normal", "Applied", message)
             metrics.APPLIES.labels(action=action).inc()
+    else:
+        _confirm(rayservice, live, rs_in_line)
     try:
         # After the RayService: the policy's own watch event then finds both children in place.
-        _sync_policy(kube, body, policy, live_policy, trigger)
+        _sync_policy(kube, body, policy, live_policy, trigger, np_in_line)
     except kopf.PermanentError as exc:
         apply_error = "; ".join(filter(None, [apply_error, str(exc)]))
 
@@ -215,6 +252,7 @@ def _sync_policy(
     want: dict[str, Any] | None,
     live: Mapping[str, Any] | None,
     trigger: str,
+    in_line: bool = False,
 ) -> None:
     """Apply the rendered NetworkPolicy when it drifted; delete ours when it was switched off."""
     meta = body["metadata"]
@@ -222,13 +260,16 @@ def _sync_policy(
         if live is not None and foreign(live, meta.get("uid")) is None:
             live_meta = live["metadata"]
             kube.delete_networkpolicy(live_meta["namespace"], live_meta["name"], live_meta["uid"])
+            CHILDREN.fetched(key_of(live), None)
             kube.post_event(body, "Normal", "Deleted", f"NetworkPolicy {live_meta['name']} deleted")
         return
-    if _needs_apply(want, live):
-        _remember_write(kube.apply_networkpolicy(want))
-        action = "created" if live is None else "updated"
-        name = want["metadata"]["name"]
-        kube.post_event(body, "Normal", "Applied", f"NetworkPolicy {name} {action} ({trigger})")
+    if not _needs_apply(want, live, in_line):
+        _confirm(want, live, in_line)
+        return
+    CHILDREN.written(kube.apply_networkpolicy(want), want["spec"])
+    action = "created" if live is None else "updated"
+    name = want["metadata"]["name"]
+    kube.post_event(body, "Normal", "Applied", f"NetworkPolicy {name} {action} ({trigger})")
 
 
 def _wait_for_kuberay(
@@ -250,6 +291,39 @@ def _wait_for_kuberay(
     metrics.RECONCILES.labels(result="kuberay_missing").inc()
     # A short cap: installing KubeRay is the fix, and it should show within a minute.
     raise BackedOff(message, delay=backoff_delay(attempt, cap=60.0))
+
+
+def _remove_leftovers(
+    kube: Kube,
+    body: Mapping[str, Any],
+    svc: LLMService,
+    leftovers: Sequence[tuple[Mapping[str, Any], str]],
+    previous: Mapping[str, Any],
+    attempt: int,
+) -> NoReturn:
+    """Delete what a deleted LLMService of this name left behind (what the garbage collector
+    would do), then create ours: `kubectl delete` and `apply` in a row must just work."""
+    for obj, uid in leftovers:
+        meta = obj["metadata"]
+        if obj.get("kind") == "NetworkPolicy":
+            kube.delete_networkpolicy(meta["namespace"], meta["name"], meta["uid"])
+        else:
+            kube.delete_rayservice(meta["namespace"], meta["name"], meta["uid"])
+        CHILDREN.fetched(key_of(obj), None)
+        kube.post_event(
+            body, "Normal", "Replacing",
+            f"{obj.get('kind')} {meta['name']} of the deleted LLMService {meta['name']} "
+            f"(uid {uid}) deleted: its garbage collection had not happened yet",
+        )  # fmt: skip
+    status = compute_status(_desired(svc, plan(svc.spec)), Observation(rayservice=None), previous)
+    _write_status(kube, body, status, previous)
+    metrics.RECONCILES.labels(result="leftover").inc()
+    # Its deletion event brings the next reconcile; the retry is the safety net for a
+    # deletion that waits on KubeRay's finalizer.
+    raise BackedOff(
+        "replacing the children of a deleted LLMService",
+        delay=backoff_delay(attempt, base=2.0, cap=30.0),
+    )
 
 
 def _refuse_foreign(
@@ -496,31 +570,64 @@ def object_lock(namespace: str, name: str) -> threading.RLock:
         return _LOCKS.setdefault((namespace, name), threading.RLock())
 
 
-# The resourceVersion of our own last write of each child. Its watch event (the echo) tells
-# nothing the reconcile that wrote it did not know: skipping it saves a reconcile per apply,
-# which after a burst of thousands of creates is a backlog in front of every new event.
-_OWN_WRITES: dict[tuple[str, str, str], str] = {}
+# The latest state of every owned child: watch events and our own writes (see ``children``).
+CHILDREN = Children()
 
 
-def _child_key(obj: Mapping[str, Any]) -> tuple[str, str, str]:
-    meta = obj.get("metadata") or {}
-    return (str(obj.get("kind")), str(meta.get("namespace")), str(meta.get("name")))
+@kopf.on.event(c.GROUP, c.VERSION, c.PLURAL)
+async def on_llmservice_event(
+    body: kopf.Body, memo: kopf.Memo, type: str | None = None, **_: Any
+) -> None:
+    """A deleted LLMService: drop its bookkeeping, and remove its children at once.
+
+    The garbage collector removes them too, but it acts in seconds at best and, after API
+    server trouble, its retries back off for many minutes; meanwhile a leftover RayService
+    holds GPUs and blocks an LLMService of the same name.
+    """
+    if type != "DELETED":
+        return
+    meta = body["metadata"]
+    namespace, name, uid = str(meta["namespace"]), str(meta["name"]), meta.get("uid")
+    forget(namespace, name)
+    if uid:
+        await asyncio.to_thread(collect_children, memo["kube"], namespace, name, str(uid))
 
 
-def _remember_write(obj: Mapping[str, Any] | None) -> None:
-    version = ((obj or {}).get("metadata") or {}).get("resourceVersion")
-    if version:
-        _OWN_WRITES[_child_key(obj or {})] = str(version)
+def forget(namespace: str, name: str) -> None:
+    """Drop the per-object bookkeeping of a deleted LLMService (churn must not grow memory).
+
+    A reconcile still holding the old lock finishes on it; a new object of the same name gets
+    a new one (and its own UID, which `_stale` compares).
+    """
+    with _LOCKS_GUARD:
+        _LOCKS.pop((namespace, name), None)
+    _RECONCILED.pop((namespace, name), None)
+    CHILDREN.forget(namespace, name)
 
 
-def _own_echo(body: Mapping[str, Any], event_type: str | None) -> bool:
-    """An ADDED/MODIFIED event of exactly what we last wrote (never a deletion)."""
-    version = (body.get("metadata") or {}).get("resourceVersion")
-    return (
-        event_type in ("ADDED", "MODIFIED")
-        and version is not None
-        and _OWN_WRITES.get(_child_key(body)) == str(version)
-    )
+def collect_children(kube: Kube, namespace: str, name: str, uid: str) -> None:
+    """Delete the children the LLMService `uid` controls (the garbage collector's job, done
+    early). Only those: a child it does not control, or one being deleted, is left alone, and
+    each delete carries the child's UID as a precondition."""
+    for get, delete in (
+        (kube.get_rayservice, kube.delete_rayservice),
+        (kube.get_networkpolicy, kube.delete_networkpolicy),
+    ):
+        try:
+            child = get(namespace, name)
+            if child is None or child["metadata"].get("deletionTimestamp"):
+                continue
+            if leftover(child, {"name": name, "uid": None}) != uid:
+                continue  # not the deleted LLMService's (orphaned by choice, or foreign)
+            delete(namespace, name, child["metadata"]["uid"])
+            log.info(
+                "%s/%s: deleted the %s of the deleted LLMService",
+                namespace,
+                name,
+                child.get("kind"),
+            )
+        except (KubeRayMissing, kopf.TemporaryError, kopf.PermanentError) as exc:
+            log.warning("%s/%s: left to the garbage collector: %s", namespace, name, exc)
 
 
 def _stale(key: tuple[str, str], meta: Mapping[str, Any]) -> bool:
@@ -555,26 +662,51 @@ def _counted(kube: Kube, body: Mapping[str, Any], trigger: str, attempt: int = 0
 @kopf.on.event(
     "networking.k8s.io", "v1", "networkpolicies", labels={c.LABEL_MANAGED_BY: c.FIELD_MANAGER}
 )
-def on_child(
+async def on_child(
     body: kopf.Body,
     memo: kopf.Memo,
     logger: logging.Logger | logging.LoggerAdapter[Any],
     type: str | None = None,  # kopf passes the watch event type by this name
     **_: Any,
 ) -> None:
-    """Any change to an owned child: KubeRay status, a hand edit, a delete (drift repair)."""
+    """Any change to an owned child: KubeRay status, a hand edit, a delete (drift repair).
+
+    Async so that the filter runs on the event loop at once: as a sync handler each event
+    (a whole RayService body) waited for a worker thread behind the reconciles, and after a
+    burst of creates thousands of them, mostly echoes of our own applies, sat in memory.
+    """
     owner = body["metadata"].get("labels", {}).get(c.LABEL_LLMSERVICE)
-    if not owner or _own_echo(body, type):
-        return
-    kube: Kube = memo["kube"]
-    namespace = body["metadata"]["namespace"]
+    if not owner or CHILDREN.observed(body, type):
+        return  # not ours, or the echo of our own write (nothing the writer did not know)
+    namespace = str(body["metadata"]["namespace"])
+    trigger = f"{str(body.get('kind', 'child')).lower()}-event"
+    controller = leftover(body, {"name": owner, "uid": None})
+    del body  # only the names are needed from here: the parent is read fresh
+    await asyncio.to_thread(
+        _reconcile_owner, memo["kube"], namespace, owner, controller, trigger, logger
+    )
+
+
+def _reconcile_owner(
+    kube: Kube,
+    namespace: str,
+    owner: str,
+    controller: str | None,
+    trigger: str,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+) -> None:
     try:
         # The parent is read under its lock: a reconcile that ran meanwhile is then seen whole.
         with object_lock(namespace, owner):
             parent = kube.get_llmservice(namespace, owner)
+            if parent is None and controller is not None:
+                # Its LLMService was deleted while we were not watching (a restart lists
+                # every child): remove what it left, as the garbage collector would.
+                collect_children(kube, namespace, owner, controller)
+                return
             if parent is None or parent["metadata"].get("deletionTimestamp"):
-                return  # the owner is gone or going: garbage collection removes the child
-            _counted(kube, parent, trigger=f"{str(body.get('kind', 'child')).lower()}-event")
+                return  # the owner is going: garbage collection removes the child
+            _counted(kube, parent, trigger=trigger)
     except (kopf.PermanentError, kopf.TemporaryError) as exc:
         # Event handlers are not retried: the LLMService's own handlers and timer are.
         logger.warning("not reconciling %s now: %s", owner, exc)

@@ -345,3 +345,62 @@ def test_concurrent_spec_edits_end_with_the_last_one_applied(
         )
 
     wait_for(f"the last edit (replicas {want}, generation {generation}) everywhere", settled, 120)
+
+
+def _gone(api: client.CustomObjectsApi, namespace: str, name: str) -> bool:
+    try:
+        api.get_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.PLURAL, name)
+    except client.ApiException as exc:
+        return exc.status == 404
+    return False
+
+
+def _controlled_by(api: client.CustomObjectsApi, namespace: str, name: str, uid: str) -> Any:
+    rs = get_rs(api, namespace, name)
+    owners = (rs or {}).get("metadata", {}).get("ownerReferences") or []
+    return rs if [o["uid"] for o in owners] == [uid] else None
+
+
+def _uid(api: client.CustomObjectsApi, namespace: str, name: str) -> str:
+    obj: Any = api.get_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.PLURAL, name)
+    return str(obj["metadata"]["uid"])
+
+
+def test_delete_then_create_again_never_waits_for_the_garbage_collector(
+    cluster: LocalCluster, operator: OperatorProcess, api: client.CustomObjectsApi, namespace: str
+) -> None:
+    """`kubectl delete llmsvc x`, then `kubectl apply` of x again, with no garbage collector
+    (stopped here; after API server trouble its retries back off for many minutes)."""
+    core = client.CoreV1Api(cluster.api_client)
+    _create(api, llmservice(namespace, name="again"))
+    wait_for("RayService again", lambda: get_rs(api, namespace, "again"), 60)
+    with cluster.without_controller_manager():
+        # The operator sees the deletion: it removes the children itself.
+        api.delete_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.PLURAL, "again")
+        wait_for("the old LLMService gone", lambda: _gone(api, namespace, "again"), 60)
+        wait_for("its RayService gone", lambda: get_rs(api, namespace, "again") is None, 60)
+
+        # The operator was down during the deletion: the new LLMService of that name finds
+        # the old one's RayService, and replaces it instead of reporting a Conflict.
+        _create(api, llmservice(namespace, name="again"))
+        wait_for("RayService again", lambda: get_rs(api, namespace, "again"), 60)
+        operator.kill()
+        old_uid = _uid(api, namespace, "again")
+        api.delete_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.PLURAL, "again")
+        wait_for("the LLMService gone", lambda: _gone(api, namespace, "again"), 60)
+        left = _controlled_by(api, namespace, "again", old_uid)
+        assert left is not None  # nothing removed it: the leftover is there
+        _create(api, llmservice(namespace, name="again"))
+        new_uid = _uid(api, namespace, "again")
+        operator.start()
+        rs = wait_for(
+            "a RayService of the new LLMService",
+            lambda: _controlled_by(api, namespace, "again", new_uid),
+            120,
+        )
+    assert rs["metadata"]["uid"] != left["metadata"]["uid"]
+    svc = api.get_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.PLURAL, "again")
+    reasons = {cond["type"]: cond["reason"] for cond in svc["status"]["conditions"]}
+    assert reasons["Ready"] != "Conflict", svc["status"]
+    events = core.list_namespaced_event(namespace).items
+    assert [e for e in events if e.reason == "Replacing" and e.involved_object.uid == new_uid]

@@ -244,7 +244,8 @@ def do_the_whole_job(
             )
         assert identity in (peering.get("status") or {}), peering
 
-    # Delete: never needs the operator (no finalizer); the garbage collector removes the child.
+    # Delete: never needs the operator (no finalizer); the garbage collector (or the operator,
+    # sooner) removes the child.
     assert not get_svc(api, ns, "llama")["metadata"].get("finalizers")
     api.delete_namespaced_custom_object(c.GROUP, c.VERSION, ns, c.PLURAL, "llama")
     wait_for("RayService garbage-collected", lambda: get_rs(api, ns, "llama") is None, WAIT_S)
@@ -299,8 +300,10 @@ def denied_outside_the_job(
         "delete an LLMService": lambda: custom.delete_namespaced_custom_object(
             c.GROUP, c.VERSION, watched, c.PLURAL, "llama"
         ),
-        "delete a RayService": lambda: custom.delete_namespaced_custom_object(
-            *RAY[:2], watched, RAY[2], "llama"
+        # RayServices: one at a time by UID precondition (the children a deleted LLMService
+        # left behind, as the garbage collector would), never a collection.
+        "delete all RayServices": lambda: custom.delete_collection_namespaced_custom_object(
+            *RAY[:2], watched, RAY[2]
         ),
         "write the CRD": lambda: client.ApiextensionsV1Api(
             as_operator
@@ -340,6 +343,9 @@ def denied_outside_the_job(
                     {"status": {}},
                     _content_type="application/merge-patch+json",
                 )
+            ),
+            "delete a RayService elsewhere": lambda: custom.delete_namespaced_custom_object(
+                *RAY[:2], other, RAY[2], "llama"
             ),
             "create a RayService elsewhere": lambda: custom.create_namespaced_custom_object(
                 *RAY[:2],

@@ -53,6 +53,8 @@ class FakeKube:
         self.kuberay_installed = True
         self.llmservice_version: str | None = None  # the LLMService's live resourceVersion
         self.llmservices: dict[tuple[str, str], dict[str, Any]] = {}  # for get_llmservice
+        self.reads: list[str] = []  # kinds of the children read (GET), in order
+        self.deleted: list[tuple[str, str]] = []  # (kind, name) of RayServices deleted
 
     # --- the Kube facade -----------------------------------------------------------
     def get_rayservice(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -60,6 +62,7 @@ class FakeKube:
             raise KubeRayMissing(
                 "ray.io/v1 rayservices not served: KubeRay's CRDs are not installed"
             )
+        self.reads.append("RayService")
         obj = self.rayservices.get((namespace, name))
         return copy.deepcopy(obj) if obj else None
 
@@ -81,7 +84,14 @@ class FakeKube:
         self.rayservices[key] = new
         return copy.deepcopy(new)
 
+    def delete_rayservice(self, namespace: str, name: str, uid: str) -> None:
+        live = self.rayservices.get((namespace, name))
+        if live is not None and live["metadata"].get("uid") == uid:
+            del self.rayservices[(namespace, name)]
+            self.deleted.append(("RayService", name))
+
     def get_networkpolicy(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.reads.append("NetworkPolicy")
         obj = self.networkpolicies.get((namespace, name))
         return copy.deepcopy(obj) if obj else None
 
@@ -89,8 +99,15 @@ class FakeKube:
         if self.apply_hook is not None:
             self.apply_hook(obj)
         meta = obj["metadata"]
+        live = self.networkpolicies.get((meta["namespace"], meta["name"]), {})
+        gen = int(live.get("metadata", {}).get("generation", 0)) + 1
         new = copy.deepcopy(dict(obj))
-        new["metadata"] = {**new["metadata"], "uid": f"uid-np-{meta['name']}"}
+        new["metadata"] = {
+            **new["metadata"],
+            "uid": f"uid-np-{meta['name']}",
+            "generation": gen,
+            "resourceVersion": f"np{gen}",
+        }
         self.networkpolicies[(meta["namespace"], meta["name"])] = new
         self.policy_writes.append(("apply", meta["name"]))
         return copy.deepcopy(new)

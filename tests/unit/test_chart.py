@@ -44,7 +44,7 @@ NAMESPACED_RULES = {
     ("llmservice.dev", "llmservices"): {"get", "list", "watch", "patch"},
     ("llmservice.dev", "llmservices/status"): {"patch"},
     ("llmservice.dev", "llmservices/finalizers"): {"update"},
-    ("ray.io", "rayservices"): {"get", "list", "watch", "create", "patch"},
+    ("ray.io", "rayservices"): {"get", "list", "watch", "create", "patch", "delete"},
     ("ray.io", "rayclusters"): {"get", "patch"},
     ("networking.k8s.io", "networkpolicies"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "pods"): {"list"},
@@ -200,12 +200,13 @@ def test_rbac_has_no_wildcards_and_no_secrets(case: str) -> None:
         for rule in role["rules"]:
             assert "secrets" not in rule["resources"]
             assert "deletecollection" not in rule["verbs"]
-            # The one delete: our own NetworkPolicy when spec.networkPolicy.enabled turns false
-            # (an allow-all policy instead would add to, and so undo, the user's own policies).
+            # The only deletes: our own NetworkPolicy when spec.networkPolicy.enabled turns false
+            # (an allow-all policy instead would add to, and so undo, the user's own policies),
+            # and the children a deleted LLMService of the same name left behind.
             if "delete" in rule["verbs"]:
-                assert (rule["apiGroups"], rule["resources"]) == (
-                    ["networking.k8s.io"],
-                    ["networkpolicies"],
+                assert (rule["apiGroups"], rule["resources"]) in (
+                    (["networking.k8s.io"], ["networkpolicies"]),
+                    (["ray.io"], ["rayservices"]),
                 )
             assert not rule.get("nonResourceURLs")
 

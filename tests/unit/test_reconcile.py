@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
 from typing import Any
@@ -9,7 +10,14 @@ from typing import Any
 import kopf
 import pytest
 
-from llmservice_operator.reconcile import BackedOff, _counted, on_child, reconcile
+from llmservice_operator.reconcile import (
+    CHILDREN,
+    BackedOff,
+    _counted,
+    forget,
+    on_child,
+    reconcile,
+)
 from tests.unit.examples import example_services
 from tests.unit.fake_kube import FakeKube
 from tests.unit.test_scale import SERVE_DETAILS
@@ -188,9 +196,19 @@ def test_the_networkpolicy_is_created_repaired_and_removed_when_switched_off() -
     reconcile(kube, tiny(), "resync")
     assert kube.policy_writes == [("apply", "tiny")]  # unchanged: no write
 
-    # A hand edit that opens the dashboard to everyone is drift: the next reconcile repairs it.
-    kube.networkpolicies[(NS, "tiny")]["spec"]["ingress"][-1].pop("from")
-    reconcile(kube, tiny(), "networkpolicy-event")
+    # A hand edit that opens the dashboard to everyone is drift: its event brings a repair.
+    edited = kube.networkpolicies[(NS, "tiny")]
+    edited["spec"]["ingress"][-1].pop("from")
+    edited["metadata"].update(generation=2, resourceVersion="np2-by-hand")
+    kube.llmservices[(NS, "tiny")] = tiny()
+    asyncio.run(
+        on_child(
+            body=kopf.Body(copy.deepcopy(edited)),
+            memo=kopf.Memo(kube=kube),
+            logger=logging.getLogger("test"),
+            type="MODIFIED",
+        )
+    )
     assert kube.networkpolicies[(NS, "tiny")]["spec"] == policy["spec"]
 
     reconcile(kube, tiny(networkPolicy={"enabled": False}), "update")
@@ -229,6 +247,7 @@ def test_an_older_copy_of_the_spec_never_overwrites_a_newer_one() -> None:
     # A new object of the same name (another uid, the old one's children collected) starts
     # again at generation 1: not stale.
     older["metadata"]["uid"] = "u2"
+    forget(NS, "stale-check")
     kube.rayservices.clear()
     kube.networkpolicies.clear()
     _counted(kube, older, "create")
@@ -317,15 +336,132 @@ def test_the_echo_of_our_own_apply_is_not_reconciled_again() -> None:
     kube.apply_hook = lambda obj: calls.append(obj["kind"])
 
     writes = len(kube.statuses)
-    on_child(body=kopf.Body(ours), memo=memo, logger=log, type="MODIFIED")  # our write's echo
+    asyncio.run(
+        on_child(body=kopf.Body(ours), memo=memo, logger=log, type="MODIFIED")
+    )  # our write's echo
     assert len(kube.statuses) == writes and calls == []
 
     changed = copy.deepcopy(ours)
     changed["metadata"]["resourceVersion"] = "99"  # KubeRay wrote status since
     changed["status"] = {"serviceStatus": "Running"}
-    on_child(body=kopf.Body(changed), memo=memo, logger=log, type="MODIFIED")
+    asyncio.run(on_child(body=kopf.Body(changed), memo=memo, logger=log, type="MODIFIED"))
     assert len(kube.statuses) > writes  # reconciled, and status followed KubeRay's
 
     kube.rayservices.clear()  # deleted by hand: a DELETED event is never skipped
-    on_child(body=kopf.Body(ours), memo=memo, logger=log, type="DELETED")
+    asyncio.run(on_child(body=kopf.Body(ours), memo=memo, logger=log, type="DELETED"))
     assert (NS, "echo") in kube.rayservices
+
+
+def test_a_deleted_llmservice_leaves_no_bookkeeping_and_no_children_behind() -> None:
+    from llmservice_operator import reconcile as r
+
+    kube = FakeKube()
+    body = tiny()
+    body["metadata"]["name"] = "churn"
+    kube.llmservices[(NS, "churn")] = copy.deepcopy(body)
+    _counted(kube, body, "create")
+    key = (NS, "churn")
+    assert key in r._LOCKS and key in r._RECONCILED
+    assert r.CHILDREN.in_line(("RayService", *key), kube.rayservices[key]["spec"]) is not None
+    memo = kopf.Memo(kube=kube)
+
+    asyncio.run(r.on_llmservice_event(body=kopf.Body(body), memo=memo, type="MODIFIED"))
+    assert key in r._LOCKS and key in kube.rayservices  # only a deletion forgets
+    asyncio.run(r.on_llmservice_event(body=kopf.Body(body), memo=memo, type="DELETED"))
+    assert key not in r._LOCKS and key not in r._RECONCILED
+    assert r.CHILDREN.in_line(("RayService", *key), {}) is None
+    assert kube.deleted == [("RayService", "churn")] and key not in kube.networkpolicies
+
+
+def test_children_not_controlled_by_the_deleted_llmservice_are_left_alone() -> None:
+    from llmservice_operator import reconcile as r
+
+    kube = FakeKube()
+    body = tiny()
+    reconcile(kube, body, "create")
+    for child in (kube.rayservices[(NS, "tiny")], kube.networkpolicies[(NS, "tiny")]):
+        child["metadata"]["ownerReferences"] = []  # orphaned on purpose (--cascade=orphan)
+    asyncio.run(
+        r.on_llmservice_event(body=kopf.Body(body), memo=kopf.Memo(kube=kube), type="DELETED")
+    )
+    assert kube.deleted == [] and (NS, "tiny") in kube.networkpolicies
+
+
+def test_an_event_brought_reconcile_reads_no_child_the_watch_already_delivered() -> None:
+    kube = FakeKube()
+    body = tiny()
+    kube.llmservices[(NS, "tiny")] = copy.deepcopy(body)
+    reconcile(kube, body, "create")
+    memo = kopf.Memo(kube=kube)
+    log = logging.getLogger("test")
+
+    # KubeRay writes status (a new resourceVersion, same generation): the event carries it.
+    kuberay_acts(kube)
+    kube.add_cluster(NS, "tiny-a", [cpu_group(1)], ready_workers=1)
+    serve_on(kube, "tiny-a", running=1, target=1)
+    event = copy.deepcopy(kube.rayservices[(NS, "tiny")])
+    event["metadata"]["resourceVersion"] = "100"
+    kube.reads.clear()
+    asyncio.run(on_child(body=kopf.Body(event), memo=memo, logger=log, type="MODIFIED"))
+    assert kube.reads == []  # neither the RayService nor the NetworkPolicy was read
+    assert kube.statuses[-1]["readyReplicas"] == 1  # status followed the event's content
+
+    # A hand edit of the spec bumps the generation: the spec is read and repaired.
+    edited = copy.deepcopy(kube.rayservices[(NS, "tiny")])
+    edited["spec"]["serveConfigV2"] = "applications: []"
+    edited["metadata"]["generation"] += 1
+    edited["metadata"]["resourceVersion"] = "101"
+    kube.rayservices[(NS, "tiny")] = copy.deepcopy(edited)
+    applies: list[str] = []
+    kube.apply_hook = lambda obj: applies.append(obj["kind"])
+    asyncio.run(on_child(body=kopf.Body(edited), memo=memo, logger=log, type="MODIFIED"))
+    assert kube.reads == ["RayService"] and applies == ["RayService"]
+    assert kube.rayservices[(NS, "tiny")]["spec"]["serveConfigV2"] != "applications: []"
+
+    # The resync, the safety net for whatever a watch missed, reads every child.
+    kube.reads.clear()
+    reconcile(kube, kube.llmservices[(NS, "tiny")], "resync")
+    assert kube.reads == ["RayService", "NetworkPolicy"]
+
+
+def test_children_a_deleted_llmservice_of_the_name_left_behind_are_replaced() -> None:
+    """`kubectl delete` then `apply` while the garbage collector has not come yet."""
+    kube = FakeKube()
+    old = tiny()
+    old["metadata"]["uid"] = "old-uid"
+    reconcile(kube, old, "create")
+    forget(NS, "tiny")  # the operator saw the old one's deletion, but not in time to collect
+    kube.rayservices[(NS, "tiny")]["metadata"]["uid"] = "rs-of-old"  # still there
+
+    new = tiny()  # uid u1
+    with pytest.raises(BackedOff):
+        reconcile(kube, new, "create")
+    assert kube.deleted == [("RayService", "tiny")]
+    assert (NS, "tiny") not in kube.networkpolicies  # the old policy went too
+    assert any(e[1] == "Replacing" and "old-uid" in e[2] for e in kube.events)
+    assert kube.statuses[-1]["conditions"][0]["reason"] == "Creating"  # not Conflict
+    reconcile(kube, new, "create")  # the deletion's event (or the retry) brings this
+    assert kube.rayservices[(NS, "tiny")]["metadata"]["ownerReferences"][0]["uid"] == "u1"
+
+
+def test_a_rayservice_made_by_hand_is_never_deleted() -> None:
+    kube = FakeKube()
+    kube.rayservices[(NS, "tiny")] = {
+        "kind": "RayService",
+        "metadata": {"name": "tiny", "namespace": NS, "uid": "x", "generation": 1},
+        "spec": {},
+    }
+    with pytest.raises(kopf.PermanentError, match="no LLMService controls it"):
+        reconcile(kube, tiny(), "create")
+    assert kube.deleted == [] and (NS, "tiny") in kube.rayservices
+
+
+def test_a_child_whose_llmservice_was_deleted_unseen_is_removed_on_its_next_event() -> None:
+    """A restart lists every child: those of LLMServices deleted meanwhile go at once."""
+    kube = FakeKube()
+    reconcile(kube, tiny(), "create")
+    rs = copy.deepcopy(kube.rayservices[(NS, "tiny")])  # no LLMService "tiny" in kube now
+    CHILDREN.clear()  # a new operator process: it knows nothing yet
+    memo, log = kopf.Memo(kube=kube), logging.getLogger("test")
+    asyncio.run(on_child(body=kopf.Body(rs), memo=memo, logger=log, type="ADDED"))
+    assert kube.deleted == [("RayService", "tiny")] and (NS, "tiny") not in kube.networkpolicies

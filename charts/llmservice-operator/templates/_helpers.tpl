@@ -87,11 +87,12 @@ llmservice_operator/k8s.py and kopf's watches, patches and events.
   resources: ["llmservices/finalizers"]
   verbs: ["update"]
 # The rendered child: read before applying, server-side applied (an apply that creates the object
-# needs create as well as patch), and watched for KubeRay status and drift. Never deleted: owner
-# references let the garbage collector do that.
+# needs create as well as patch), and watched for KubeRay status and drift. Deleted only when a
+# deleted LLMService of the same name left it behind (UID precondition), which is what the garbage
+# collector would do: after API server trouble its retries wait many minutes.
 - apiGroups: ["ray.io"]
   resources: ["rayservices"]
-  verbs: ["get", "list", "watch", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # KubeRay v1.5 never passes worker-group sizes from a RayService on to its RayClusters: the
 # operator reads the RayService's clusters and patches only replicas/minReplicas/maxReplicas
 # (and workersToDelete on a scale-down). No create, no delete: KubeRay owns the clusters.

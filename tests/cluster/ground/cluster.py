@@ -11,7 +11,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -228,6 +228,19 @@ class LocalCluster:
             self.timeouts.apiserver,
         )
         self._wait_controllers_back(name)
+
+    @contextlib.contextmanager
+    def without_controller_manager(self) -> Iterator[None]:
+        """kube-controller-manager stopped for the block (no garbage collector, as while its
+        retries back off after API server trouble), then started again and acting."""
+        old = self._process("kube-controller-manager")
+        terminate(old, self.timeouts.stop)
+        self.processes.remove(old)
+        try:
+            yield
+        finally:
+            self._start_controller_manager()
+            self._wait_controllers_back("kube-controller-manager")
 
     def _wait_controllers_back(self, after: str) -> None:
         """Until the controller-manager acts again: its watches back off while the control plane
