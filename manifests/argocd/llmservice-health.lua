@@ -13,6 +13,7 @@
 --
 --   status not written, or written for an older generation      -> Progressing
 --   Degraded=True (InvalidSpec, ServeDeployFailed, ...)          -> Degraded
+--   Progressing=False (InsufficientCapacity): a change held       -> Progressing
 --   Ready=True and Progressing not True                          -> Healthy
 --   scaled to zero on purpose (spec.replicas 0, or autoscaling
 --   with minReplicas 0 and status.replicas 0), nothing rolling   -> Suspended
@@ -123,7 +124,17 @@ if is_true(degraded) or invalid ~= nil or status.phase == "Failed" then
   return hs
 end
 
--- 3. Healthy: KubeRay's Ready (Serve app running with endpoints) and no rollout under way.
+-- 3. Held for capacity: the spec is not running yet, whatever still serves (not Healthy).
+if progressing ~= nil and progressing.reason == "InsufficientCapacity" then
+  hs.status = "Progressing"
+  hs.message = describe(progressing)
+  if is_true(ready) and text(status.activeVersion) ~= "" then
+    hs.message = hs.message .. "; still serving version " .. text(status.activeVersion)
+  end
+  return hs
+end
+
+-- 4. Healthy: KubeRay's Ready (Serve app running with endpoints) and no rollout under way.
 if is_true(ready) and not is_true(progressing) then
   hs.status = "Healthy"
   hs.message = text(ready.message)
@@ -139,7 +150,7 @@ if is_true(ready) and not is_true(progressing) then
   return hs
 end
 
--- 4. Suspended: scaled to zero on purpose, and not in the middle of creating or upgrading.
+-- 5. Suspended: scaled to zero on purpose, and not in the middle of creating or upgrading.
 local autoscaling = spec.autoscaling
 local scaled_to_zero = tonumber(spec.replicas) == 0
 if
@@ -162,7 +173,7 @@ if scaled_to_zero and not rolling then
   return hs
 end
 
--- 5. Everything else is on its way: creating, waiting for the Serve app, upgrading.
+-- 6. Everything else is on its way: creating, waiting for the Serve app, upgrading.
 hs.status = "Progressing"
 local message = ""
 if is_true(progressing) then

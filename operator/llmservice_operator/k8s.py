@@ -412,6 +412,31 @@ class Kube:
                 raise
             return cast(dict[str, Any], patched)
 
+    def nodes_and_pods(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
+        """Every node, and every pod that has not ended (for the capacity check), or None
+        when RBAC does not let us read them (the chart's capacityCheck.enabled=false)."""
+
+        def raw(call: Any, **kw: Any) -> dict[str, Any]:
+            # Plain JSON: turning thousands of pods into client models costs seconds.
+            return cast(dict[str, Any], json.loads(call(_preload_content=False, **kw).data))
+
+        try:
+            with classified("list nodes", "list", "nodes"):
+                nodes = self._paged(lambda **kw: raw(self.core.list_node, **kw))
+            with classified("list pods of all namespaces", "list", "pods"):
+                pods = self._paged(
+                    lambda **kw: raw(
+                        self.core.list_pod_for_all_namespaces,
+                        field_selector="status.phase!=Succeeded,status.phase!=Failed",
+                        **kw,
+                    )
+                )
+        except kopf.PermanentError as exc:
+            if "HTTP 403" in str(exc):
+                return None
+            raise
+        return nodes, pods
+
     def worker_pods(self, namespace: str, cluster: str) -> list[dict[str, Any]]:
         """The live (not terminating) worker pods of one RayCluster."""
         with classified(f"list pods of RayCluster {namespace}/{cluster}", "list", "pods"):

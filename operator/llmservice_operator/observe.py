@@ -94,6 +94,26 @@ class Observation:
     apply_error: str | None = None  # the API server refused our apply
     conflict: str | None = None  # a same-named RayService that this LLMService does not control
     kuberay_missing: str | None = None  # the API server does not serve ray.io RayServices
+    insufficient_capacity: str | None = None  # a change that surges, held: what does not fit
+
+
+def is_subset(want: Any, have: Any) -> bool:
+    """True if every field we render is present with the same value in the live object.
+
+    The live object also holds API-server defaults and fields other managers own (KubeRay,
+    the Ray autoscaler): those are not drift.
+    """
+    if isinstance(want, Mapping):
+        return isinstance(have, Mapping) and all(
+            k in have and is_subset(v, have[k]) for k, v in want.items()
+        )
+    if isinstance(want, list):
+        return (
+            isinstance(have, list)
+            and len(want) == len(have)
+            and all(is_subset(w, h) for w, h in zip(want, have, strict=True))
+        )
+    return bool(want == have)
 
 
 def foreign(child: Mapping[str, Any] | None, owner_uid: str | None) -> str | None:

@@ -21,8 +21,8 @@ from typing import Any, NoReturn, cast
 
 import kopf
 
+from llmservice_operator import capacity, metrics, scale
 from llmservice_operator import constants as c
-from llmservice_operator import metrics, scale
 from llmservice_operator.api.models import LLMService, LLMServiceStatus
 from llmservice_operator.children import Children, key_of
 from llmservice_operator.errors import InvalidSpecError
@@ -40,6 +40,7 @@ from llmservice_operator.observe import (
     ServeApp,
     cluster_names,
     foreign,
+    is_subset,
     leftover,
     parse_cluster,
     parse_serve,
@@ -62,25 +63,6 @@ log = logging.getLogger(__name__)
 
 def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def is_subset(want: Any, have: Any) -> bool:
-    """True if every field we render is present with the same value in the live object.
-
-    The live object also holds API-server defaults and fields other managers own (KubeRay,
-    the Ray autoscaler): those are not drift.
-    """
-    if isinstance(want, Mapping):
-        return isinstance(have, Mapping) and all(
-            k in have and is_subset(v, have[k]) for k, v in want.items()
-        )
-    if isinstance(want, list):
-        return (
-            isinstance(have, list)
-            and len(want) == len(have)
-            and all(is_subset(w, h) for w, h in zip(want, have, strict=True))
-        )
-    return bool(want == have)
 
 
 def _owned(child: dict[str, Any], owner: Mapping[str, Any]) -> dict[str, Any]:
@@ -208,7 +190,10 @@ def reconcile(
     if conflict is not None:
         return _refuse_foreign(kube, body, svc, conflict, previous)
     apply_error: str | None = None
-    if _needs_apply(rayservice, live, rs_in_line):
+    held = _no_room(kube, rayservice, live, rs_in_line)
+    if held is not None:
+        pass  # the old cluster keeps serving; nothing of this change is applied to it
+    elif _needs_apply(rayservice, live, rs_in_line):
         action = "created" if live is None else "updated"
         try:
             live = kube.apply_rayservice(rayservice)
@@ -232,10 +217,17 @@ def reconcile(
 
     p = plan(svc.spec)
     obs = observe(kube, body, svc, p, live, apply_error)
+    obs = dataclasses.replace(obs, insufficient_capacity=held)
     status = compute_status(_desired(svc, p), obs, previous)
     changed = _write_status(kube, body, status, previous)
     if status.warnings and status.warnings != previous.get("warnings"):
         kube.post_event(body, "Warning", "UnsafeSpec", "; ".join(status.warnings))
+    if held is not None:
+        if changed:
+            kube.post_event(body, "Warning", "InsufficientCapacity", held)
+        metrics.RECONCILES.labels(result="held").inc()
+        # Looked at again with back-off (and by every resync): freed or added nodes start it.
+        raise BackedOff(held, delay=backoff_delay(attempt, cap=60.0))
     if apply_error is not None:
         if changed:
             kube.post_event(body, "Warning", "ApplyFailed", apply_error)
@@ -244,6 +236,21 @@ def reconcile(
     metrics.RECONCILES.labels(result="ok").inc()
     metrics.LATENCY.observe(time.perf_counter() - started)
     return to_wire(status)
+
+
+def _no_room(
+    kube: Kube, want: Mapping[str, Any], live: Mapping[str, Any] | None, in_line: bool
+) -> str | None:
+    """What is missing for the second Ray cluster that applying `want` would bring up (None:
+    no surge, it fits, or RBAC does not let us look: then KubeRay goes ahead as always)."""
+    if live is None or in_line or not _needs_apply(want, live) or not capacity.surges(want, live):
+        return None
+    room = kube.nodes_and_pods()
+    if room is None:
+        log.info("capacity not checked: no permission to list nodes and pods")
+        return None
+    missing = capacity.shortfall(capacity.pod_shapes(want), capacity.node_rooms(*room))
+    return capacity.describe(missing) if missing else None
 
 
 def _sync_policy(

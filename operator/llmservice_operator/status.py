@@ -69,6 +69,9 @@ class Reason(StrEnum):
     CONFLICT = "Conflict"
     #: Set when the API server does not serve KubeRay's RayService (KubeRay's CRDs are absent).
     KUBERAY_MISSING = "KubeRayMissing"
+    #: Set when a change that brings up a second Ray cluster is held: its pods do not fit the
+    #: free capacity of their node pools (the old cluster keeps serving).
+    INSUFFICIENT_CAPACITY = "InsufficientCapacity"
     #: Set when nothing failed.
     HEALTHY = "Healthy"
 
@@ -76,7 +79,7 @@ class Reason(StrEnum):
 class Phase(StrEnum):
     #: Set before the first RayCluster exists.
     PENDING = "Pending"
-    #: Set while Progressing is True and nothing failed.
+    #: Set while a change is under way (Progressing True) or held for capacity, nothing failed.
     PROGRESSING = "Progressing"
     #: Set when Ready is True and Progressing is False.
     READY = "Ready"
@@ -319,7 +322,10 @@ def compute_status(
             f"{why} (KubeRay: {kuberay})" if kuberay else why, gen,
         )  # fmt: skip
     progress = _progress(desired, obs, serve, active)
-    if progress is None:
+    if obs.insufficient_capacity is not None:
+        held = f"{obs.insufficient_capacity}; the change starts when they fit"
+        prog = _cond(ConditionType.PROGRESSING, False, Reason.INSUFFICIENT_CAPACITY, held, gen)
+    elif progress is None:
         prog = _cond(ConditionType.PROGRESSING, False, Reason.RECONCILED, "", gen)
     else:
         prog = _cond(ConditionType.PROGRESSING, True, progress[0], progress[1], gen)
@@ -331,7 +337,7 @@ def compute_status(
 
     if failure is not None:
         phase = Phase.FAILED
-    elif serving and progress is None:
+    elif serving and progress is None and obs.insufficient_capacity is None:
         phase = Phase.READY
     elif active is None:
         phase = Phase.PENDING

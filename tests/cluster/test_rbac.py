@@ -286,6 +286,8 @@ def denied_outside_the_job(
         ),
         # Pods: listed (to pick an idle worker on a scale-down), never read, exec'd or deleted.
         "read a pod": lambda: core.read_namespaced_pod("x", watched),
+        "read a node": lambda: core.read_node("x"),
+        "patch a node": lambda: core.patch_node("x", {"metadata": {"labels": {"x": "y"}}}),
         "delete pods": lambda: core.delete_collection_namespaced_pod(watched),
         "proxy to a pod": lambda: core.connect_get_namespaced_pod_proxy("x:8265", watched),
         # Services: only proxied GETs (Ray Serve's state), never written through the proxy.
@@ -377,6 +379,9 @@ def denied_outside_the_job(
         "list RayServices": lambda: custom.list_namespaced_custom_object(*RAY[:2], watched, RAY[2]),
         "list pods": lambda: core.list_namespaced_pod(watched),
         "list events": lambda: core.list_namespaced_event(watched),
+        # The capacity check (capacityCheck.enabled, the default): nodes and every pod on them.
+        "list nodes": lambda: core.list_node(limit=1),
+        "list pods, all namespaces": lambda: core.list_pod_for_all_namespaces(limit=1),
         "list CRDs": lambda: client.ApiextensionsV1Api(as_operator).list_custom_resource_definition(
             limit=1
         ),

@@ -55,6 +55,8 @@ class FakeKube:
         self.llmservices: dict[tuple[str, str], dict[str, Any]] = {}  # for get_llmservice
         self.reads: list[str] = []  # kinds of the children read (GET), in order
         self.deleted: list[tuple[str, str]] = []  # (kind, name) of RayServices deleted
+        # (nodes, pods) for the capacity check; None: not allowed to list them
+        self.room: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None = None
 
     # --- the Kube facade -----------------------------------------------------------
     def get_rayservice(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -89,6 +91,9 @@ class FakeKube:
         if live is not None and live["metadata"].get("uid") == uid:
             del self.rayservices[(namespace, name)]
             self.deleted.append(("RayService", name))
+
+    def nodes_and_pods(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
+        return copy.deepcopy(self.room)
 
     def get_networkpolicy(self, namespace: str, name: str) -> dict[str, Any] | None:
         self.reads.append("NetworkPolicy")

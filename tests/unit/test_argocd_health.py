@@ -122,6 +122,16 @@ UPGRADING = llmservice(
         {"activeVersion": "v1"},
     )
 )
+HELD = llmservice(
+    status(
+        DESIRED,
+        dataclasses.replace(
+            observation(app=serve(version="v1")),
+            insufficient_capacity="worker group l4 (pool=l4): 2 more GPUs (2 pod(s) do not fit)",
+        ),
+        {"activeVersion": "v1"},
+    )
+)
 INVALID = llmservice(
     st.to_wire(st.invalid_status(GEN, "spec.gpu.tensorParallelSize: must divide gpusPerNode", None))
 )
@@ -178,6 +188,8 @@ CASES: dict[str, tuple[dict[str, Any], str, str]] = {
     "waiting-says-why-not-ready": (WAITING, "Progressing", "not ready: NotServing"),
     "upgrade-in-progress": (UPGRADING, "Progressing", "Upgrading: rolling out version v2"),
     "upgrade-still-serving": (UPGRADING, "Progressing", "still serving"),
+    "held-for-capacity": (HELD, "Progressing", "InsufficientCapacity: worker group l4"),
+    "held-for-capacity-still-serving": (HELD, "Progressing", "still serving version v1"),
     "generation-not-observed-missing": (
         OBSERVED_GENERATION_MISSING,
         "Progressing",

@@ -53,6 +53,8 @@ NAMESPACED_RULES = {
     ("events.k8s.io", "events"): {"create"},
 }
 CRD_RULES = {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}
+# capacityCheck.enabled (default): cluster-wide reads of what the nodes hold.
+CAPACITY_RULES = {("", "nodes"): {"list"}, ("", "pods"): {"list"}}
 # Namespaced mode only: kopf follows its namespaces (cluster mode never reads namespaces).
 NAMESPACE_RULES = {("", "namespaces"): {"list", "watch"}}
 PEERING_VERBS = {"list", "watch", "patch"}
@@ -214,7 +216,7 @@ def test_rbac_has_no_wildcards_and_no_secrets(case: str) -> None:
 def test_cluster_mode_rbac_is_exactly_what_the_operator_does() -> None:
     objs = render()
     assert not by_kind(objs, "Role") and not by_kind(objs, "RoleBinding")
-    assert rules_of(one(objs, "ClusterRole")) == {**NAMESPACED_RULES, **CRD_RULES}
+    assert rules_of(one(objs, "ClusterRole")) == {**NAMESPACED_RULES, **CRD_RULES, **CAPACITY_RULES}
     binding = one(objs, "ClusterRoleBinding")
     sa = one(objs, "ServiceAccount")["metadata"]
     assert binding["subjects"] == [
@@ -228,6 +230,7 @@ def test_cluster_mode_with_peering_adds_only_cluster_peerings() -> None:
     assert rules_of(one(objs, "ClusterRole")) == {
         **NAMESPACED_RULES,
         **CRD_RULES,
+        **CAPACITY_RULES,
         ("kopf.dev", "clusterkopfpeerings"): PEERING_VERBS,
     }
     assert one(objs, "ClusterKopfPeering")["metadata"]["name"] == "llmservice-operator"
@@ -235,8 +238,9 @@ def test_cluster_mode_with_peering_adds_only_cluster_peerings() -> None:
 
 def test_namespaced_mode_rbac_is_a_role_per_namespace_and_crd_reads_only() -> None:
     objs = render(*MATRIX["namespaced-peering"], "--set", "watchNamespaces={team-a,team-b}")
-    # Cluster-wide: nothing but the reads kopf makes of CRDs and namespaces.
-    assert rules_of(one(objs, "ClusterRole")) == {**CRD_RULES, **NAMESPACE_RULES}
+    # Cluster-wide: nothing but the reads kopf makes of CRDs and namespaces, and the capacity
+    # check's of nodes and pods.
+    assert rules_of(one(objs, "ClusterRole")) == {**CRD_RULES, **NAMESPACE_RULES, **CAPACITY_RULES}
     roles = {r["metadata"]["namespace"]: r for r in by_kind(objs, "Role")}
     assert set(roles) == {"team-a", "team-b"}
     for role in roles.values():
@@ -251,6 +255,11 @@ def test_namespaced_mode_rbac_is_a_role_per_namespace_and_crd_reads_only() -> No
     args = one(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--namespace=team-a" in args and "--namespace=team-b" in args
     assert "--peering=llmservice-operator" in args and "--standalone" not in args
+
+
+def test_capacity_check_off_drops_the_node_and_pod_reads() -> None:
+    objs = render("--set", "capacityCheck.enabled=false", "--set", "watchNamespaces={team-a}")
+    assert rules_of(one(objs, "ClusterRole")) == {**CRD_RULES, **NAMESPACE_RULES}
 
 
 def test_rbac_off_renders_no_rbac() -> None:

@@ -465,3 +465,52 @@ def test_a_child_whose_llmservice_was_deleted_unseen_is_removed_on_its_next_even
     memo, log = kopf.Memo(kube=kube), logging.getLogger("test")
     asyncio.run(on_child(body=kopf.Body(rs), memo=memo, logger=log, type="ADDED"))
     assert kube.deleted == [("RayService", "tiny")] and (NS, "tiny") not in kube.networkpolicies
+
+
+def test_a_bluegreen_change_that_does_not_fit_is_held_until_it_does() -> None:
+    from tests.unit.test_capacity import l4_service, node, pod
+
+    kube = FakeKube()
+    body = l4_service(version="v1")
+    body["metadata"]["name"] = "tiny"  # the helpers' RayService name
+    reconcile(kube, body, "create")
+    kuberay_acts(kube)
+    kube.add_cluster(NS, "tiny-a", [cpu_group(2)], ready_workers=2)
+    serve_on(kube, "tiny-a", running=2, target=2, version="v1")
+    applied = copy.deepcopy(kube.rayservices[(NS, "tiny")]["spec"])
+    nodes = [node("cpu-0", "cpu"), node("l4-0", "l4", gpus=1), node("l4-1", "l4", gpus=1)]
+    kube.room = (nodes, [pod("l4-0", gpus=1), pod("l4-1", gpus=1)])
+
+    v2 = l4_service(version="v2")
+    v2["metadata"].update(name="tiny", generation=2)
+    with pytest.raises(BackedOff, match="2 more GPUs"):
+        reconcile(kube, v2, "update")
+    assert kube.rayservices[(NS, "tiny")]["spec"] == applied  # nothing of v2 applied
+    status = kube.statuses[-1]
+    conds = {c["type"]: c for c in status["conditions"]}
+    assert conds["Ready"]["status"] == "True"  # v1 keeps serving
+    assert conds["Progressing"]["status"] == "False"
+    assert conds["Progressing"]["reason"] == "InsufficientCapacity"
+    assert status["activeVersion"] == "v1" and status["pendingVersion"] == "v2"
+    assert any(e[1] == "InsufficientCapacity" for e in kube.events)
+
+    # Two more L4 nodes join the pool: the retry applies v2.
+    kube.room = ([*nodes, node("l4-2", "l4", gpus=1), node("l4-3", "l4", gpus=1)], kube.room[1])
+    reconcile(kube, v2, "update")
+    assert kube.rayservices[(NS, "tiny")]["spec"] != applied
+
+
+def test_without_permission_to_look_the_change_goes_ahead() -> None:
+    from tests.unit.test_capacity import l4_service
+
+    kube = FakeKube()
+    body = l4_service(version="v1")
+    body["metadata"]["name"] = "tiny"
+    reconcile(kube, body, "create")
+    kuberay_acts(kube)
+    applied = copy.deepcopy(kube.rayservices[(NS, "tiny")]["spec"])
+    v2 = l4_service(version="v2")
+    v2["metadata"].update(name="tiny", generation=2)
+    kube.room = None  # RBAC without nodes/pods: KubeRay decides as it always did
+    reconcile(kube, v2, "update")
+    assert kube.rayservices[(NS, "tiny")]["spec"] != applied
