@@ -15,8 +15,11 @@ import time
 from typing import Any
 
 import pytest
+from kubernetes import client
 
+from llmservice_operator import capacity
 from llmservice_operator import constants as c
+from tests.cluster.ground.nodes import POOL_LABEL, NodePool, node_manifest
 from tests.cluster.objects import condition
 from tests.e2e.conftest import Ground
 from tests.e2e.world import NotYet, Timeline
@@ -271,6 +274,99 @@ def test_blue_green_switches_traffic_only_when_the_new_cluster_answers(
         settled_at,
     )  # fmt: skip
     _truthful(line)
+    _healthy_once_settled(report, settled_at)
+
+
+def _fill_the_cpu_pool(core: client.CoreV1Api, namespace: str) -> list[str]:
+    """Ballast pods (bound to each CPU node, run by KWOK, never by Ray) that take what the
+    pool's nodes have left: a second Ray cluster then has no room anywhere."""
+    nodes = core.api_client.sanitize_for_serialization(core.list_node().items)
+    pods = core.api_client.sanitize_for_serialization(core.list_pod_for_all_namespaces().items)
+    rooms = capacity.node_rooms(nodes, pods)
+    names = []
+    for room in rooms:
+        if room.labels.get(POOL_LABEL) != "cpu":
+            continue
+        cpu, memory = room.free.get("cpu", 0), room.free.get("memory", 0)
+        take = {"cpu": f"{int(cpu * 1000)}m", "memory": str(int(memory))}
+        name = f"ballast-{room.name}"
+        core.create_namespaced_pod(namespace, {
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {
+                "nodeName": room.name,
+                "securityContext": {"runAsNonRoot": True, "runAsUser": 1000,
+                                    "seccompProfile": {"type": "RuntimeDefault"}},
+                "containers": [{
+                    "name": "ballast", "image": "registry.k8s.io/pause:3.10",
+                    "resources": {"requests": take, "limits": take},
+                    "securityContext": {"allowPrivilegeEscalation": False,
+                                        "capabilities": {"drop": ["ALL"]}},
+                }],
+            },
+        })  # fmt: skip
+        names.append(name)
+    return names
+
+
+def test_a_change_that_needs_a_second_cluster_waits_for_room_and_keeps_serving(
+    ground_world: Ground,
+) -> None:
+    """BlueGreen onto a full pool: held (nothing applied, the old version serving, Argo CD
+    Progressing) until a node joins the pool, then carried out."""
+    g, w = ground_world, ground_world.world
+    g.ensure_created(CONVERGE_S)
+    serving = w.svc()["status"]["activeVersion"]
+    new_version = "v4" if serving != "v4" else "v5"
+    old = w.active_cluster()
+    assert old is not None
+    ballast = _fill_the_cpu_pool(w.core, w.namespace)
+    assert ballast, "no CPU node to fill"
+    extra = f"cpu-extra-{w.namespace}"
+    began = time.monotonic()
+    try:
+        with _load(g) as load, w.timeline() as line:
+            load.wait_for_successes(3, 120)
+            w.patch({"rollout": {"strategy": "BlueGreen"}, "model": {"version": new_version}})
+
+            def held() -> dict[str, Any]:
+                svc = w.svc()
+                progressing = condition(svc, "Progressing")
+                if progressing.get("reason") != "InsufficientCapacity":
+                    raise NotYet(f"Progressing: {progressing}")
+                return svc
+
+            svc = w.wait("the change held for capacity", held, 180)
+            assert condition(svc, "Ready").get("status") == "True", svc["status"]
+            assert condition(svc, "Progressing").get("status") == "False"
+            assert "do not fit" in condition(svc, "Progressing")["message"]
+            assert svc["status"]["activeVersion"] == serving
+            assert svc["status"]["pendingVersion"] == new_version
+            assert [rc["metadata"]["name"] for rc in w.rayclusters()] == [old["metadata"]["name"]]
+            load.wait_for_successes(3, 120)  # still served while held
+            held_for = time.monotonic() - began
+
+            # A node joins the pool: nothing else changes, and the upgrade goes ahead.
+            w.core.create_node(node_manifest(NodePool("cpu", 1, cpu="32", memory="128Gi"), extra))
+            svc = w.wait(f"{new_version} settled on a new cluster", w.settled, CONVERGE_S)
+            assert svc["status"]["activeVersion"] == new_version
+            new = w.active_cluster()
+            assert new is not None and new["metadata"]["name"] != old["metadata"]["name"]
+            w.wait("the old RayCluster gone", lambda: len(w.rayclusters()) == 1, 300)
+            settled_at = time.monotonic()
+            load.wait_for_successes(3, 120)
+    finally:
+        for name in ballast:
+            w.core.delete_namespaced_pod(name, w.namespace, grace_period_seconds=0)
+    report = load.report
+    _record(
+        g, "BlueGreen onto a full pool, then a node added", report, line, began,
+        f"InsufficientCapacity for {held_for:.0f}s while the old version served; "
+        f"{new_version} active once a node joined",
+        settled_at,
+    )  # fmt: skip
+    _truthful(line)
+    # Held is not a failure window: nothing may fail at any time in this scenario's first part.
+    assert not report.failures_between(0, began + held_for), report.summary()
     _healthy_once_settled(report, settled_at)
 
 

@@ -174,7 +174,9 @@ class World:
 
     # --- waits -------------------------------------------------------------------------
     def settled(self) -> dict[str, Any]:
-        """The LLMService has caught up: Ready, not Progressing, for its current generation."""
+        """The LLMService has caught up: Ready, and what runs is the spec (Progressing=False,
+        Reconciled; False with InsufficientCapacity is a change held, not done), for its
+        current generation."""
         svc = self.svc()
         status = svc.get("status") or {}
         ready, prog = condition(svc, "Ready"), condition(svc, "Progressing")
@@ -182,6 +184,7 @@ class World:
             status.get("observedGeneration") == svc["metadata"]["generation"]
             and ready.get("status") == "True"
             and prog.get("status") == "False"
+            and prog.get("reason") == "Reconciled"
         ):
             return svc
         raise NotYet(
