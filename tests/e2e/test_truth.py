@@ -360,7 +360,7 @@ def test_a_change_that_needs_a_second_cluster_waits_for_room_and_keeps_serving(
     report = load.report
     _record(
         g, "BlueGreen onto a full pool, then a node added", report, line, began,
-        f"InsufficientCapacity for {held_for:.0f}s while the old version served; "
+        f"held (InsufficientCapacity) {held_for:.0f}s after the change, {serving} serving; "
         f"{new_version} active once a node joined",
         settled_at,
     )  # fmt: skip
