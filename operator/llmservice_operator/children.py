@@ -149,6 +149,13 @@ class Children:
                 return None
             return known.body
 
+    def ours(self, key: Key, version: str | None) -> bool:
+        """`version` of the child is the answer to our own write (an echo, however it raced)."""
+        with self._lock:
+            known = self._known.get(key)
+            have = known.body["metadata"].get("resourceVersion") if known else None
+            return bool(known and known.ours and version is not None and version == have)
+
     def forget(self, namespace: str, name: str) -> None:
         with self._lock:
             for kind in ("RayService", "NetworkPolicy"):

@@ -24,7 +24,7 @@ import kopf
 from llmservice_operator import capacity, metrics, scale
 from llmservice_operator import constants as c
 from llmservice_operator.api.models import LLMService, LLMServiceStatus
-from llmservice_operator.children import Children, key_of
+from llmservice_operator.children import Children, Key, key_of
 from llmservice_operator.errors import InvalidSpecError
 from llmservice_operator.k8s import (
     ALL_NAMESPACES,
@@ -688,9 +688,12 @@ async def on_child(
     namespace = str(body["metadata"]["namespace"])
     trigger = f"{str(body.get('kind', 'child')).lower()}-event"
     controller = leftover(body, {"name": owner, "uid": None})
+    # An echo can overtake our write's own bookkeeping (the event comes in while the applying
+    # thread is still on its way back): looked at again under the object's lock.
+    echo = None if type == "DELETED" else (key_of(body), body["metadata"].get("resourceVersion"))
     del body  # only the names are needed from here: the parent is read fresh
     await asyncio.to_thread(
-        _reconcile_owner, memo["kube"], namespace, owner, controller, trigger, logger
+        _reconcile_owner, memo["kube"], namespace, owner, controller, trigger, logger, echo
     )
 
 
@@ -701,10 +704,13 @@ def _reconcile_owner(
     controller: str | None,
     trigger: str,
     logger: logging.Logger | logging.LoggerAdapter[Any],
+    echo: tuple[Key, str | None] | None = None,
 ) -> None:
     try:
         # The parent is read under its lock: a reconcile that ran meanwhile is then seen whole.
         with object_lock(namespace, owner):
+            if echo is not None and CHILDREN.ours(*echo):
+                return  # what our own apply wrote: that reconcile knew it all
             parent = kube.get_llmservice(namespace, owner)
             if parent is None and controller is not None:
                 # Its LLMService was deleted while we were not watching (a restart lists

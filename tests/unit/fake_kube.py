@@ -54,6 +54,7 @@ class FakeKube:
         self.llmservice_version: str | None = None  # the LLMService's live resourceVersion
         self.llmservices: dict[tuple[str, str], dict[str, Any]] = {}  # for get_llmservice
         self.reads: list[str] = []  # kinds of the children read (GET), in order
+        self.parent_reads = 0  # GETs of an LLMService
         self.deleted: list[tuple[str, str]] = []  # (kind, name) of RayServices deleted
         # (nodes, pods) for the capacity check; None: not allowed to list them
         self.room: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None = None
@@ -124,6 +125,7 @@ class FakeKube:
             self.policy_writes.append(("delete", name))
 
     def get_llmservice(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.parent_reads += 1
         obj = self.llmservices.get((namespace, name))
         return copy.deepcopy(obj) if obj else None
 

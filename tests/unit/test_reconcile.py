@@ -514,3 +514,28 @@ def test_without_permission_to_look_the_change_goes_ahead() -> None:
     kube.room = None  # RBAC without nodes/pods: KubeRay decides as it always did
     reconcile(kube, v2, "update")
     assert kube.rayservices[(NS, "tiny")]["spec"] != applied
+
+
+def test_an_echo_that_overtakes_the_writes_bookkeeping_reconciles_nothing() -> None:
+    """The watch delivers our apply's ADDED event before the applying thread records it."""
+    kube = FakeKube()
+    body = tiny()
+    kube.llmservices[(NS, "tiny")] = copy.deepcopy(body)
+    reconcile(kube, body, "create")
+    echo = copy.deepcopy(kube.rayservices[(NS, "tiny")])
+    CHILDREN.clear()  # as if the event came in first ...
+    CHILDREN.observed(echo, "ADDED")
+    CHILDREN.written(echo, echo["spec"])  # ... and the write was recorded just after
+    kube.reads.clear()
+    parents = kube.parent_reads
+    # The event's reconcile runs once the object's lock is free: it sees the echo and stops.
+    from llmservice_operator.children import key_of
+    from llmservice_operator.reconcile import _reconcile_owner
+
+    log = logging.getLogger("test")
+    version = echo["metadata"]["resourceVersion"]
+    _reconcile_owner(kube, NS, "tiny", None, "rayservice-event", log, (key_of(echo), version))
+    assert kube.parent_reads == parents and kube.reads == []
+    # Any other version (KubeRay's status write) is reconciled: its parent is read.
+    _reconcile_owner(kube, NS, "tiny", None, "rayservice-event", log, (key_of(echo), "later"))
+    assert kube.parent_reads == parents + 1
