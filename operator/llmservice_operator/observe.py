@@ -126,7 +126,7 @@ def foreign(child: Mapping[str, Any] | None, owner_uid: str | None) -> str | Non
     if child is None or owner_uid is None:
         return None
     meta = child.get("metadata") or {}
-    controller = next((r for r in meta.get("ownerReferences") or [] if r.get("controller")), None)
+    controller = _controller(child)
     if controller is not None and controller.get("uid") == owner_uid:
         return None
     what = f"{child.get('kind') or 'RayService'} {meta.get('name')}"
@@ -138,6 +138,26 @@ def foreign(child: Mapping[str, Any] | None, owner_uid: str | None) -> str | Non
     )
 
 
+def _controller(child: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The child's controlling owner reference, if any."""
+    refs = (child.get("metadata") or {}).get("ownerReferences") or []
+    return next((r for r in refs if r.get("controller")), None)
+
+
+def controlling_llmservice(child: Mapping[str, Any] | None, name: str) -> str | None:
+    """The UID of the LLMService `name` that controls `child` (None: another controller, none,
+    or the child is already being deleted)."""
+    if child is None or (child.get("metadata") or {}).get("deletionTimestamp"):
+        return None
+    controller = _controller(child)
+    if controller is None:
+        return None
+    group = str(controller.get("apiVersion") or "").split("/")[0]
+    ours = (controller.get("kind"), group, controller.get("name")) == (c.KIND, c.GROUP, name)
+    uid = controller.get("uid")
+    return str(uid) if ours and uid else None
+
+
 def leftover(child: Mapping[str, Any] | None, owner: Mapping[str, Any]) -> str | None:
     """The UID of the deleted LLMService of the same name that controls `child`, if so.
 
@@ -146,20 +166,8 @@ def leftover(child: Mapping[str, Any] | None, owner: Mapping[str, Any]) -> str |
     collector removes it in time, but after API server trouble its retries back off for many
     minutes; until then it blocks the new LLMService of that name.
     """
-    if child is None:
-        return None
-    meta = child.get("metadata") or {}
-    controller = next((r for r in meta.get("ownerReferences") or [] if r.get("controller")), None)
-    if controller is None or meta.get("deletionTimestamp"):
-        return None
-    group = str(controller.get("apiVersion") or "").split("/")[0]
-    ours = (controller.get("kind"), group, controller.get("name")) == (
-        c.KIND,
-        c.GROUP,
-        owner.get("name"),
-    )
-    uid = controller.get("uid")
-    return str(uid) if ours and uid and uid != owner.get("uid") else None
+    uid = controlling_llmservice(child, str(owner.get("name")))
+    return uid if uid is not None and uid != owner.get("uid") else None
 
 
 def cluster_names(rayservice: Mapping[str, Any] | None) -> tuple[str | None, str | None]:

@@ -39,6 +39,7 @@ from llmservice_operator.observe import (
     Observation,
     ServeApp,
     cluster_names,
+    controlling_llmservice,
     foreign,
     is_subset,
     leftover,
@@ -190,10 +191,11 @@ def reconcile(
     if conflict is not None:
         return _refuse_foreign(kube, body, svc, conflict, previous)
     apply_error: str | None = None
-    held = _no_room(kube, rayservice, live, rs_in_line)
+    needs_apply = _needs_apply(rayservice, live, rs_in_line)
+    held = _no_room(kube, rayservice, live) if needs_apply and not rs_in_line else None
     if held is not None:
         pass  # the old cluster keeps serving; nothing of this change is applied to it
-    elif _needs_apply(rayservice, live, rs_in_line):
+    elif needs_apply:
         action = "created" if live is None else "updated"
         try:
             live = kube.apply_rayservice(rayservice)
@@ -238,12 +240,11 @@ def reconcile(
     return to_wire(status)
 
 
-def _no_room(
-    kube: Kube, want: Mapping[str, Any], live: Mapping[str, Any] | None, in_line: bool
-) -> str | None:
-    """What is missing for the second Ray cluster that applying `want` would bring up (None:
-    no surge, it fits, or RBAC does not let us look: then KubeRay goes ahead as always)."""
-    if live is None or in_line or not _needs_apply(want, live) or not capacity.surges(want, live):
+def _no_room(kube: Kube, want: Mapping[str, Any], live: Mapping[str, Any] | None) -> str | None:
+    """What is missing for the second Ray cluster that applying `want` over the read (not
+    cached: the spec is needed) `live` child would bring up (None: no surge, it fits, or RBAC
+    does not let us look: then KubeRay goes ahead as always)."""
+    if live is None or not capacity.surges(want, live):
         return None
     room = kube.nodes_and_pods()
     if room is None:
@@ -312,11 +313,7 @@ def _remove_leftovers(
     would do), then create ours: `kubectl delete` and `apply` in a row must just work."""
     for obj, uid in leftovers:
         meta = obj["metadata"]
-        if obj.get("kind") == "NetworkPolicy":
-            kube.delete_networkpolicy(meta["namespace"], meta["name"], meta["uid"])
-        else:
-            kube.delete_rayservice(meta["namespace"], meta["name"], meta["uid"])
-        CHILDREN.fetched(key_of(obj), None)
+        _delete_child(kube, obj)
         kube.post_event(
             body, "Normal", "Replacing",
             f"{obj.get('kind')} {meta['name']} of the deleted LLMService {meta['name']} "
@@ -612,21 +609,28 @@ def forget(namespace: str, name: str) -> None:
     CHILDREN.forget(namespace, name)
 
 
+def _delete_child(kube: Kube, child: Mapping[str, Any]) -> None:
+    """Delete this very child (its UID as precondition) and forget it."""
+    meta = child["metadata"]
+    delete = (
+        kube.delete_networkpolicy
+        if child.get("kind") == "NetworkPolicy"
+        else kube.delete_rayservice
+    )
+    delete(meta["namespace"], meta["name"], meta["uid"])
+    CHILDREN.fetched(key_of(child), None)
+
+
 def collect_children(kube: Kube, namespace: str, name: str, uid: str) -> None:
     """Delete the children the LLMService `uid` controls (the garbage collector's job, done
     early). Only those: a child it does not control, or one being deleted, is left alone, and
     each delete carries the child's UID as a precondition."""
-    for get, delete in (
-        (kube.get_rayservice, kube.delete_rayservice),
-        (kube.get_networkpolicy, kube.delete_networkpolicy),
-    ):
+    for get in (kube.get_rayservice, kube.get_networkpolicy):
         try:
             child = get(namespace, name)
-            if child is None or child["metadata"].get("deletionTimestamp"):
-                continue
-            if leftover(child, {"name": name, "uid": None}) != uid:
-                continue  # not the deleted LLMService's (orphaned by choice, or foreign)
-            delete(namespace, name, child["metadata"]["uid"])
+            if child is None or controlling_llmservice(child, name) != uid:
+                continue  # gone, going, orphaned by choice, or not the deleted LLMService's
+            _delete_child(kube, child)
             log.info(
                 "%s/%s: deleted the %s of the deleted LLMService",
                 namespace,
@@ -687,7 +691,7 @@ async def on_child(
         return  # not ours, or the echo of our own write (nothing the writer did not know)
     namespace = str(body["metadata"]["namespace"])
     trigger = f"{str(body.get('kind', 'child')).lower()}-event"
-    controller = leftover(body, {"name": owner, "uid": None})
+    controller = controlling_llmservice(body, owner)
     # An echo can overtake our write's own bookkeeping (the event comes in while the applying
     # thread is still on its way back): looked at again under the object's lock.
     echo = None if type == "DELETED" else (key_of(body), body["metadata"].get("resourceVersion"))
