@@ -102,8 +102,10 @@ class Load:
 
 
 def _rs_spec(rs: dict[str, Any]) -> dict[str, Any]:
-    args = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]["args"]
-    return {"replicas": args["deployment"]["num_replicas"], "version": args.get("model_version")}
+    apps = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"]
+    model = next(a for a in apps if "model_source" in a["args"])  # the model's application
+    replicas = model["deployments"][0]["num_replicas"]
+    return {"replicas": replicas, "version": model["args"].get("model_version")}
 
 
 def _audit(custom: client.CustomObjectsApi) -> dict[str, list[str]]:

@@ -12,6 +12,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from serve_app.args import LLMAppArgs
+from serve_app.naming import model_deployment
 
 if TYPE_CHECKING:
     from ray.serve import Application
@@ -27,8 +28,19 @@ def engine_kwargs(args: LLMAppArgs) -> dict[str, Any]:
     return kwargs
 
 
+# The shape a deployment starts from when the Serve config's `deployments` options carry its
+# counts: Ray Serve redeploys every replica of an application whose `args` change (they are its
+# code version), while new `deployments` options are applied to the running replicas. The mode
+# (fixed or autoscaled) stays in the code: options cannot switch it without a conflict, and a
+# switch brings up a new Ray cluster anyway.
+FIXED_SHAPE: dict[str, Any] = {"num_replicas": 1}
+AUTOSCALED_SHAPE: dict[str, Any] = {"autoscaling_config": {"min_replicas": 1, "max_replicas": 1}}
+
+
 def deployment_config(args: LLMAppArgs) -> dict[str, Any]:
     dep = args.deployment
+    if dep is None:
+        return dict(AUTOSCALED_SHAPE if args.autoscaled else FIXED_SHAPE)
     config: dict[str, Any] = {"max_ongoing_requests": dep.max_ongoing_requests}
     if dep.autoscaling is not None:
         config["autoscaling_config"] = dep.autoscaling.model_dump()
@@ -69,13 +81,36 @@ def _direct_streaming() -> bool:
     return bool(RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING)
 
 
+def _validated(args: LLMAppArgs) -> LLMAppArgs:
+    if not isinstance(args, LLMAppArgs):  # a caller that did not validate (old Ray versions)
+        return LLMAppArgs.model_validate(args)
+    return args
+
+
+def build_model(args: LLMAppArgs) -> "Application":
+    """One version of the model, no HTTP route (``import_path: serve_app.app:build_model``).
+
+    The router application (``serve_app.router``) sends it requests through a handle.
+    """
+    from ray.llm._internal.serve.core.server.builder import build_llm_deployment
+    from ray.serve.llm import LLMConfig
+
+    args = _validated(args)
+    llm_config = LLMConfig(**llm_config_kwargs(args))
+    name = model_deployment(args.model_id)  # ours, so the router can rely on it
+    app: Application = build_llm_deployment(llm_config, override_serve_options={"name": name})
+    return app
+
+
 def build(args: LLMAppArgs) -> "Application":
-    """Ray Serve application builder (``import_path: serve_app.app:build``)."""
+    """The whole OpenAI app in one application (``import_path: serve_app.app:build``).
+
+    Rendered only with Ray Serve LLM's direct streaming, where the model's replica is the
+    HTTP ingress; otherwise the router and ``build_model`` apps are.
+    """
     from ray.serve.llm import LLMConfig, build_openai_app
 
-    if not isinstance(args, LLMAppArgs):  # a caller that did not validate (old Ray versions)
-        args = LLMAppArgs.model_validate(args)
-
+    args = _validated(args)
     llm_config = LLMConfig(**llm_config_kwargs(args))
     builder: dict[str, Any] = {"llm_configs": [llm_config]}
     if not _direct_streaming():  # there the LLM replica is the ingress: no ingress deployment

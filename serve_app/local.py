@@ -7,15 +7,12 @@ liberty taken is ``--model-source``, because the path a pod mounts rarely exists
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import os
 import signal
 import socket
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -27,21 +24,36 @@ class UpError(RuntimeError):
     """A one-line reason `up` cannot serve this LLMService here."""
 
 
-@dataclass(frozen=True)
-class LocalApp:
-    name: str
-    route_prefix: str
-    import_path: str
-    args: dict[str, Any]
+def local_apps(serve_config_text: str, model_source: str | None = None) -> list[dict[str, Any]]:
+    """The applications of a rendered serveConfigV2, optionally with another model source."""
+    apps: list[dict[str, Any]] = yaml.safe_load(serve_config_text)["applications"]
+    for app in apps:
+        if model_source is not None and "model_source" in app["args"]:
+            app["args"] = {**app["args"], "model_source": model_source}
+    return apps
 
 
-def local_app(serve_config_text: str, model_source: str | None = None) -> LocalApp:
-    """The one application of a rendered serveConfigV2, optionally with another model source."""
-    (app,) = yaml.safe_load(serve_config_text)["applications"]
-    args = dict(app["args"])
-    if model_source is not None:
-        args["model_source"] = model_source
-    return LocalApp(app["name"], app["route_prefix"], app["import_path"], args)
+def routed(apps: list[dict[str, Any]]) -> dict[str, Any]:
+    """The application that owns the HTTP route."""
+    return next(a for a in apps if a.get("route_prefix") is not None)
+
+
+def models(apps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The applications that run the model (their args carry its source)."""
+    return [a for a in apps if "model_source" in a["args"]]
+
+
+def deploy_config(apps: list[dict[str, Any]]) -> None:
+    """Deploy applications the way KubeRay does: Serve's declarative config, not serve.run.
+
+    The same code path as the dashboard's ``PUT /api/serve/applications/``: Serve imports each
+    ``import_path``, validates ``args`` against the builder, and applies the ``deployments``
+    options (the router's weights) over the built ones. Declarative: apps left out are removed.
+    """
+    from ray.serve._private.api import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    _get_global_client().deploy_apps(ServeDeploySchema.model_validate({"applications": apps}))
 
 
 def _interrupt(*_: object) -> None:
@@ -54,13 +66,18 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _cpus_needed(args: dict[str, Any]) -> int:
-    dep = args["deployment"]
-    replicas = dep.get("num_replicas")
+def _cpus_needed(apps: list[dict[str, Any]]) -> int:
+    return sum(_app_cpus(a) for a in models(apps)) + 2
+
+
+def _app_cpus(app: dict[str, Any]) -> int:
+    """Logical CPUs of a model application's replicas (counts in its `deployments` options)."""
+    (options,) = app.get("deployments") or [{}]
+    replicas = options.get("num_replicas")
     if replicas is None:
-        replicas = max(1, (dep.get("autoscaling") or {}).get("min_replicas", 1))
-    per_replica = sum(b.get("CPU", 0) for b in args["placement_bundles"]) + 1
-    return int(per_replica * replicas) + 2
+        replicas = max(1, (options.get("autoscaling_config") or {}).get("min_replicas", 1))
+    per_replica = sum(b.get("CPU", 0) for b in app["args"]["placement_bundles"]) + 1
+    return int(per_replica * replicas)
 
 
 def _check_resources(args: dict[str, Any], cluster: dict[str, float]) -> None:
@@ -107,7 +124,8 @@ def run(
     import ray
     from ray import serve
 
-    app = local_app(serve_config_text, model_source)
+    apps = local_apps(serve_config_text, model_source)
+    front, model_args = routed(apps), models(apps)[0]["args"]
     port = port or _free_port()
     # SIGTERM as SIGINT: both end the wait (or an unfinished deploy) through the cleanup below.
     signal.signal(signal.SIGTERM, _interrupt)
@@ -117,30 +135,22 @@ def run(
         address="local",
         # Logical CPUs: a replica holds its engine bundle plus one CPU for itself, and the
         # OpenAI ingress needs one more; a laptop's core count must not make that unschedulable.
-        num_cpus=max(os.cpu_count() or 1, _cpus_needed(app.args)),
+        num_cpus=max(os.cpu_count() or 1, _cpus_needed(apps)),
         include_dashboard=False,
         _temp_dir=temp_dir,
         _node_ip_address="127.0.0.1",  # Ray's own traffic stays on loopback
         log_to_driver=False,
     )
     try:
-        _check_resources(app.args, ray.cluster_resources())
+        _check_resources(model_args, ray.cluster_resources())
         serve.start(http_options={"host": host, "port": port})
-        module, attr = app.import_path.split(":")
-        builder = getattr(importlib.import_module(module), attr)
-        # Validate args against the builder's pydantic annotation, as Ray Serve does.
-        model = inspect.signature(builder).parameters["args"].annotation
-        valid = model.model_validate(app.args) if hasattr(model, "model_validate") else app.args
-        target = builder(valid)
-        serve.run_many(
-            [serve.RunTarget(target=target, name=app.name, route_prefix=app.route_prefix)],
-            wait_for_ingress_deployment_creation=False,
-            wait_for_applications_running=False,
-        )
-        _wait_running(app.name, time.monotonic() + DEPLOY_TIMEOUT_S)
-        prefix = app.route_prefix.rstrip("/")
+        deploy_config(apps)
+        deadline = time.monotonic() + DEPLOY_TIMEOUT_S
+        for app in apps:
+            _wait_running(app["name"], deadline)
+        prefix = front["route_prefix"].rstrip("/")
         print(f"OpenAI base URL: http://{host}:{port}{prefix}/v1", flush=True)
-        print(f"model: {app.args['model_id']}   (Ctrl-C stops; Ray logs: {temp_dir})", flush=True)
+        print(f"model: {model_args['model_id']}   (Ctrl-C stops; Ray logs: {temp_dir})", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

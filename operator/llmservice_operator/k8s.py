@@ -513,6 +513,51 @@ class Kube:
             return None
         return body if isinstance(body, dict) else None
 
+    def ray_pod_metrics(self, namespace: str, cluster: str) -> list[str]:
+        """The Prometheus text of every running Ray pod of a RayCluster (port 8080, where Ray's
+        metrics agent exports); pods that do not answer are left out (the gate then sees fewer
+        answers, never wrong ones)."""
+        with classified(f"list pods of RayCluster {namespace}/{cluster}", "list", "pods"):
+            pods = self.core.list_namespaced_pod(
+                namespace,
+                label_selector=f"ray.io/cluster={cluster}",
+                _request_timeout=REQUEST_TIMEOUT_S,
+            )
+        texts = []
+        for pod in pods.items:
+            meta, status = pod.metadata, pod.status
+            if meta is None or meta.deletion_timestamp is not None or status is None:
+                continue
+            if status.phase != "Running":
+                continue
+            text = self._pod_metrics(namespace, str(meta.name), status.pod_ip)
+            if text is not None:
+                texts.append(text)
+        return texts
+
+    def _pod_metrics(self, namespace: str, pod: str, ip: str | None) -> str | None:
+        try:
+            if self._http is not None and ip:
+                resp = self._http.request(
+                    "GET", f"http://{ip}:{c.METRICS_PORT}/metrics", timeout=SERVE_API_TIMEOUT_S
+                )
+                return resp.data.decode(errors="replace") if resp.status == 200 else None
+            metrics.API_REQUESTS.labels(verb="get", resource="pods/proxy").inc()
+            api = self.core.api_client
+            request = api.param_serialize(
+                "GET",
+                f"/api/v1/namespaces/{namespace}/pods/{pod}:{c.METRICS_PORT}/proxy/metrics",
+                header_params={"Accept": "text/plain"},
+                auth_settings=["BearerToken"],
+            )
+            resp = api.call_api(*request, _request_timeout=SERVE_API_TIMEOUT_S)
+            if resp.status != 200:
+                return None
+            return bytes(resp.read() or b"").decode(errors="replace")
+        except (ApiException, ValueError, *TRANSPORT_ERRORS) as exc:
+            log.debug("metrics of pod %s/%s not answering: %s", namespace, pod, exc)
+            return None
+
     def kuberay_rejection(self, namespace: str, uid: str) -> str | None:
         """The latest message of KubeRay refusing this RayService, if it did (Warning events)."""
         with classified(f"list events of RayService {namespace}", "list", "events"):

@@ -15,8 +15,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+import yaml
+
 from llmservice_operator import constants as c
-from serve_app.naming import LLM_DEPLOYMENT_PREFIX
+from llmservice_operator.api.models import RolloutStatus
+from serve_app.naming import LLM_DEPLOYMENT_PREFIX, ROUTER_APP, ROUTER_DEPLOYMENT
 
 
 class AppState(StrEnum):
@@ -95,6 +98,8 @@ class Observation:
     conflict: str | None = None  # a same-named RayService that this LLMService does not control
     kuberay_missing: str | None = None  # the API server does not serve ray.io RayServices
     insufficient_capacity: str | None = None  # a change that surges, held: what does not fit
+    rollout: RolloutStatus | None = None  # the canary rollout's state, as decided this time
+    canary_rolled_back: bool = False  # the spec's version is one the gate rolled back
 
 
 def is_subset(want: Any, have: Any) -> bool:
@@ -197,13 +202,39 @@ def parse_cluster(raycluster: Mapping[str, Any]) -> Cluster:
     )
 
 
-def parse_serve(details: Mapping[str, Any] | None, app_name: str) -> ServeApp | None:
-    """One application from Ray Serve's ``/api/serve/applications/`` answer."""
+def _worst(apps: list[Mapping[str, Any]]) -> Mapping[str, Any]:
+    """The application that says most about trouble: failed first, then not yet running."""
+    for app in apps:
+        if app.get("status") in FAILED_APP_STATES:
+            return app
+    for app in apps:
+        if app.get("status") != AppState.RUNNING:
+            return app
+    return apps[0]
+
+
+def parse_serve(
+    details: Mapping[str, Any] | None, app_name: str, model_app: str | None = None
+) -> ServeApp | None:
+    """The model's applications in Ray Serve's ``/api/serve/applications/`` answer.
+
+    ``app_name`` owns the route; ``model_app`` runs the model when that is another application
+    (the router layout, see serve_app/router.py). Status is the worse of the two, version and
+    replicas are the model's.
+    """
     if not details:
         return None
-    app = (details.get("applications") or {}).get(app_name)
-    if not isinstance(app, Mapping):
+    found = details.get("applications") or {}
+    names = [model_app, app_name] if model_app and model_app != app_name else [app_name]
+    if not any(isinstance(found.get(n), Mapping) for n in names):
         return None
+    apps: list[Mapping[str, Any]] = [
+        found[n]
+        if isinstance(found.get(n), Mapping)
+        else {"status": AppState.NOT_STARTED.value, "message": f"no Serve application {n!r} yet"}
+        for n in names
+    ]
+    app = apps[0]  # the model's
     config = app.get("deployed_app_config") or {}
     version = (config.get("args") or {}).get("model_version")
     model_dep: Mapping[str, Any] | None = None
@@ -217,11 +248,73 @@ def parse_serve(details: Mapping[str, Any] | None, app_name: str) -> ServeApp | 
             Replica(state=str(r.get("state")), node_ip=r.get("node_ip"))
             for r in model_dep.get("replicas") or []
         )
+    worst = _worst(apps)
     return ServeApp(
-        status=str(app.get("status") or AppState.NOT_STARTED),
-        message=str(app.get("message") or ""),
+        status=str(worst.get("status") or AppState.NOT_STARTED),
+        message=str(worst.get("message") or ""),
         version=None if version is None else str(version),
         deployment_status=None if model_dep is None else str(model_dep.get("status")),
         target_replicas=None if model_dep is None else model_dep.get("target_num_replicas"),
         replicas=replicas,
     )
+
+
+# --- the versions a rollout runs ---------------------------------------------------------
+
+# libyaml's loader when present: every reconcile reads the live Serve config.
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+@dataclass(frozen=True)
+class LiveArm:
+    """One version as the live RayService's Serve config has it (what was last applied)."""
+
+    slot: str
+    args: Mapping[str, Any]  # the model application's args
+    options: Mapping[str, Any]  # its model deployment's options (counts)
+    weight: float
+
+
+def live_arms(rayservice: Mapping[str, Any] | None) -> tuple[tuple[LiveArm, ...], str | None]:
+    """The versions in a RayService's serveConfigV2, stable first, and the sticky header.
+
+    Empty when the config has no router (direct streaming, or one rendered before it).
+    """
+    text = ((rayservice or {}).get("spec") or {}).get("serveConfigV2")
+    if not isinstance(text, str):
+        return (), None
+    try:
+        apps = {a["name"]: a for a in yaml.load(text, Loader=_LOADER)["applications"]}
+        router = apps[ROUTER_APP]
+        (split,) = [
+            d["user_config"]
+            for d in router.get("deployments") or []
+            if d["name"] == ROUTER_DEPLOYMENT
+        ]
+        arms = tuple(
+            LiveArm(
+                slot=arm["app"].removeprefix(f"{ROUTER_APP}-"),
+                args=apps[arm["app"]]["args"],
+                options=(apps[arm["app"]].get("deployments") or [{}])[0],
+                weight=float(arm["weight"]),
+            )
+            for arm in split["arms"]
+        )
+    except (yaml.YAMLError, KeyError, TypeError, ValueError):
+        return (), None
+    return arms, split.get("sticky_header")
+
+
+def router_weights(details: Mapping[str, Any] | None) -> dict[str, float] | None:
+    """The weights the router runs now, by application (None: not settled on a config yet)."""
+    app = ((details or {}).get("applications") or {}).get(ROUTER_APP)
+    if not isinstance(app, Mapping) or app.get("status") != AppState.RUNNING:
+        return None
+    deployment = (app.get("deployments") or {}).get(ROUTER_DEPLOYMENT) or {}
+    if deployment.get("status") != DEPLOYMENT_HEALTHY:
+        return None
+    for options in (app.get("deployed_app_config") or {}).get("deployments") or []:
+        if options.get("name") == ROUTER_DEPLOYMENT:
+            arms = (options.get("user_config") or {}).get("arms") or []
+            return {str(a["app"]): float(a["weight"]) for a in arms}
+    return None

@@ -13,6 +13,10 @@ from typing import Any
 
 from llmservice_operator.api.models import LLMServiceSpec, Toleration
 
+# Ray Serve LLM's direct streaming (read as Ray reads it: exactly "1") makes the model's
+# replica the HTTP ingress, which needs the whole OpenAI app in one application.
+DIRECT_STREAMING_ENV = "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING"
+
 CPU_GROUP = "cpu"
 GPU_GROUP = "gpu"
 
@@ -42,6 +46,11 @@ class Plan:
     @property
     def autoscaling(self) -> bool:
         return self.replicas is None
+
+
+def direct_streaming(spec: LLMServiceSpec) -> bool:
+    """Whether the Ray containers run Ray Serve LLM's direct streaming (a literal env value)."""
+    return any(e.name == DIRECT_STREAMING_ENV and e.value == "1" for e in spec.env)
 
 
 def workers_for(replicas: int, gpus_per_replica: int, gpus_per_node: int) -> int:
@@ -76,7 +85,8 @@ def _fill(workers: int, caps: list[int | None]) -> list[int]:
     return out
 
 
-def plan(spec: LLMServiceSpec) -> Plan:
+def plan(spec: LLMServiceSpec, extra_replicas: int = 0) -> Plan:
+    """The numbers of ``spec``; ``extra_replicas`` more model replicas' workers (a canary's)."""
     eng, gpu = spec.engine, spec.gpu
     ranks = eng.tensor_parallel_size * eng.pipeline_parallel_size
     if spec.autoscaling is not None:
@@ -86,8 +96,13 @@ def plan(spec: LLMServiceSpec) -> Plan:
         lo = hi = replicas
     gpus_per_replica = ranks if gpu is not None else 0
     gpus_per_node = gpu.gpus_per_node if gpu is not None else 1
+    # Workers are counted per version: two versions never share a multi-replica node's GPUs
+    # in this count, so the extra replica gets whole workers of its own.
     w_lo = workers_for(lo, gpus_per_replica, gpus_per_node)
     w_hi = workers_for(hi, gpus_per_replica, gpus_per_node)
+    if extra_replicas:
+        w_extra = workers_for(extra_replicas, gpus_per_replica, gpus_per_node)
+        w_lo, w_hi = w_lo + w_extra, w_hi + w_extra
     # With autoscaling the Ray autoscaler owns the live worker count: leave `replicas` unset.
     fixed_workers = w_lo if replicas is not None else None
 

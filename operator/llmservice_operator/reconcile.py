@@ -21,7 +21,7 @@ from typing import Any, NoReturn, cast
 
 import kopf
 
-from llmservice_operator import capacity, metrics, scale
+from llmservice_operator import canary, capacity, metrics, scale
 from llmservice_operator import constants as c
 from llmservice_operator.api.models import LLMService, LLMServiceStatus
 from llmservice_operator.children import Children, Key, key_of
@@ -47,7 +47,14 @@ from llmservice_operator.observe import (
     parse_serve,
 )
 from llmservice_operator.plan import Plan, plan
-from llmservice_operator.render import SERVE_APP_NAME, render
+from llmservice_operator.render import (
+    SERVE_APP_NAME,
+    extra_replicas,
+    model_app_name,
+    render,
+    render_rayservice,
+)
+from llmservice_operator.rollout import ACTIVE_PHASES, RolloutPhase
 from llmservice_operator.settings import OperatorConfig
 from llmservice_operator.status import (
     Desired,
@@ -190,6 +197,16 @@ def reconcile(
     )
     if conflict is not None:
         return _refuse_foreign(kube, body, svc, conflict, previous)
+    # Which versions run: the spec's alone, or what a rollout decides from the live config,
+    # Serve and the gate (a layout that keeps the live version's slot, or two versions).
+    p = plan(svc.spec)
+    decision = canary.plan_rollout(kube, svc, p, live, previous)
+    if decision.layout is not None:
+        rayservice = _owned(render_rayservice(svc, decision.layout), body)
+        rs_in_line = (
+            rs_in_line and CHILDREN.in_line(key_of(rayservice), rayservice["spec"]) is not None
+        )
+        p = plan(svc.spec, extra_replicas(decision.layout, p))
     apply_error: str | None = None
     needs_apply = _needs_apply(rayservice, live, rs_in_line)
     held = _no_room(kube, rayservice, live) if needs_apply and not rs_in_line else None
@@ -209,6 +226,8 @@ def reconcile(
             message = f"RayService {name} {action} ({trigger}, spec hash {hash_})"
             kube.post_event(body, "Normal", "Applied", message)
             metrics.APPLIES.labels(action=action).inc()
+            for event in decision.events:  # what the applied layout starts (a step, a rollback)
+                kube.post_event(body, event.type, event.reason, event.message)
     else:
         _confirm(rayservice, live, rs_in_line)
     try:
@@ -217,9 +236,15 @@ def reconcile(
     except kopf.PermanentError as exc:
         apply_error = "; ".join(filter(None, [apply_error, str(exc)]))
 
-    p = plan(svc.spec)
-    obs = observe(kube, body, svc, p, live, apply_error)
-    obs = dataclasses.replace(obs, insufficient_capacity=held)
+    model_app = canary.stable_app(decision.layout) or model_app_name(svc.spec)
+    obs = observe(kube, body, svc, p, live, apply_error, model_app)
+    rolled_back = decision.rollout is not None and (
+        decision.rollout.rolled_back_hash == canary.wanted(svc, plan(svc.spec)).hash
+        and decision.rollout.phase == RolloutPhase.ROLLED_BACK
+    )
+    obs = dataclasses.replace(
+        obs, insufficient_capacity=held, rollout=decision.rollout, canary_rolled_back=rolled_back
+    )
     status = compute_status(_desired(svc, p), obs, previous)
     changed = _write_status(kube, body, status, previous)
     if status.warnings and status.warnings != previous.get("warnings"):
@@ -354,8 +379,11 @@ def observe(
     p: Plan,
     live: Mapping[str, Any] | None,
     apply_error: str | None,
+    model_app: str,
 ) -> Observation:
-    """Read the RayClusters and Ray's Serve state; keep worker-group sizes in line on the way."""
+    """Read the RayClusters and Ray's Serve state; keep worker-group sizes in line on the way.
+
+    ``model_app`` is the Serve application of the version that serves (the stable one)."""
     if live is None:
         return Observation(rayservice=None, apply_error=apply_error)
     namespace = svc.metadata.namespace
@@ -379,7 +407,8 @@ def observe(
             clusters[role] = None
             continue
         parsed = parse_cluster(raycluster)
-        serve = parse_serve(kube.serve_details(namespace, parsed.head_service), SERVE_APP_NAME)
+        details = kube.serve_details(namespace, parsed.head_service)
+        serve = parse_serve(details, SERVE_APP_NAME, model_app)
         if cluster_name == scaled:
             apps = (rs_status.get(f"{role}ServiceStatus") or {}).get("applicationStatuses")
             raycluster = _keep_sizes(kube, body, raycluster, p, serve, bool(apps))
@@ -559,6 +588,27 @@ def on_llmservice(body: kopf.Body, memo: kopf.Memo, reason: str, retry: int, **_
         raise kopf.TemporaryError(str(exc), delay=delay) from exc
 
 
+def _rolling_out(status: Mapping[str, Any], **_: Any) -> bool:
+    """A canary runs, or its application still has to go: look again every tick."""
+    rollout = status.get("rollout") or {}
+    return rollout.get("phase") in ACTIVE_PHASES or bool(rollout.get("canaryApp"))
+
+
+@kopf.timer(c.GROUP, c.VERSION, c.PLURAL, interval=canary.TICK_S, when=_rolling_out)
+async def rollout_tick(
+    body: kopf.Body,
+    memo: kopf.Memo,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    **_: Any,
+) -> None:
+    """A canary's clock: steps, the gate and rollbacks happen on these ticks, not on events."""
+    meta = body["metadata"]
+    namespace, name = str(meta["namespace"]), str(meta["name"])
+    await asyncio.to_thread(
+        _reconcile_owner, memo["kube"], namespace, name, None, "rollout-tick", logger
+    )
+
+
 # One reconcile per object at a time, whichever trigger (kopf's handler, a child's event, the
 # resync) brought it: they run on different threads and would otherwise interleave their reads
 # and writes. Per object, so different objects still reconcile in parallel.
@@ -607,6 +657,7 @@ def forget(namespace: str, name: str) -> None:
         _LOCKS.pop((namespace, name), None)
     _RECONCILED.pop((namespace, name), None)
     CHILDREN.forget(namespace, name)
+    canary.forget(namespace, name)
 
 
 def _delete_child(kube: Kube, child: Mapping[str, Any]) -> None:

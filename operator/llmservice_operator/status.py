@@ -72,6 +72,13 @@ class Reason(StrEnum):
     #: Set when a change that brings up a second Ray cluster is held: its pods do not fit the
     #: free capacity of their node pools (the old cluster keeps serving).
     INSUFFICIENT_CAPACITY = "InsufficientCapacity"
+    #: Set while a canary takes a share of requests and steps toward 100 % (Progressing).
+    CANARY = "CanaryProgressing"
+    #: Set while spec.rollout.paused holds a canary at its step (Progressing).
+    CANARY_PAUSED = "CanaryPaused"
+    #: Set when the gate rolled the spec's version back: the stable version serves every
+    #: request until the spec changes (Degraded).
+    CANARY_ROLLED_BACK = "CanaryRolledBack"
     #: Set when nothing failed.
     HEALTHY = "Healthy"
 
@@ -105,6 +112,10 @@ class Desired:
     workers: int | None = None  # worker pods the plan wants (None when autoscaling)
     route_prefix: str = "/"
     warnings: tuple[str, ...] = ()  # validate.warnings of the spec, "path: reason" each
+
+
+# Rollout phases (llmservice_operator.rollout.RolloutPhase) in which a canary is under way.
+_CANARY_RUNNING = ("Progressing", "Paused")
 
 
 def _cond(
@@ -322,6 +333,14 @@ def compute_status(
             f"{why} (KubeRay: {kuberay})" if kuberay else why, gen,
         )  # fmt: skip
     progress = _progress(desired, obs, serve, active)
+    rollout = obs.rollout
+    if rollout is not None and rollout.phase in _CANARY_RUNNING and active is not None:
+        paused = rollout.phase == _CANARY_RUNNING[1]
+        progress = (Reason.CANARY_PAUSED if paused else Reason.CANARY, rollout.message)
+    if obs.canary_rolled_back:
+        why = rollout.message if rollout is not None else "rolled back"
+        progress = None  # nothing is under way: the stable version runs as it should
+        pending_version = None
     if obs.insufficient_capacity is not None:
         held = f"{obs.insufficient_capacity}; the change starts when they fit"
         prog = _cond(ConditionType.PROGRESSING, False, Reason.INSUFFICIENT_CAPACITY, held, gen)
@@ -330,6 +349,8 @@ def compute_status(
     else:
         prog = _cond(ConditionType.PROGRESSING, True, progress[0], progress[1], gen)
     failure = _degraded(obs, rs_ready)
+    if failure is None and obs.canary_rolled_back:
+        failure = (Reason.CANARY_ROLLED_BACK, f"{why}; change the spec to roll out again")
     if failure is None:
         degraded = _cond(ConditionType.DEGRADED, False, Reason.HEALTHY, "", gen)
     else:
@@ -343,7 +364,7 @@ def compute_status(
         phase = Phase.PENDING
     else:
         phase = Phase.PROGRESSING
-    return _status(
+    out = _status(
         desired,
         phase=phase,
         ready_replicas=ready_replicas,
@@ -353,6 +374,7 @@ def compute_status(
         pending_version=pending_version,
         conditions=[ready, prog, degraded],
     )
+    return out.model_copy(update={"rollout": rollout}) if rollout is not None else out
 
 
 def invalid_status(

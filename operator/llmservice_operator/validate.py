@@ -23,10 +23,16 @@ from llmservice_operator.api.models import (
     EngineSpec,
     LLMService,
     LLMServiceSpec,
+    RolloutStrategy,
     Toleration,
 )
 from llmservice_operator.errors import FieldError, InvalidSpecError, from_pydantic
-from llmservice_operator.plan import served_name_of, workers_for
+from llmservice_operator.plan import (
+    DIRECT_STREAMING_ENV,
+    direct_streaming,
+    served_name_of,
+    workers_for,
+)
 
 # Ray's accelerator type names (ray.util.accelerators); Ray schedules on "accelerator_type:<X>".
 KNOWN_ACCELERATOR_TYPES = frozenset(
@@ -119,6 +125,7 @@ def _check(spec: LLMServiceSpec) -> Iterator[FieldError]:
     yield from _check_gpu(spec)
     yield from _check_network(spec)
     yield from _check_env(spec)
+    yield from _check_rollout(spec)
     yield from _check_kubernetes_names(spec)
 
 
@@ -319,6 +326,31 @@ def _check_env(spec: LLMServiceSpec) -> Iterator[FieldError]:
     for i, env_from in enumerate(spec.env_from):
         if (env_from.secret_ref is None) == (env_from.config_map_ref is None):
             yield FieldError(f"spec.envFrom[{i}]", "set exactly one of secretRef and configMapRef")
+
+
+def _check_rollout(spec: LLMServiceSpec) -> Iterator[FieldError]:
+    rollout = spec.rollout
+    canary = rollout.canary
+    if rollout.strategy is not RolloutStrategy.CANARY:
+        if canary is not None:
+            yield FieldError("spec.rollout.canary", "only with strategy Canary")
+        return
+    if direct_streaming(spec):
+        yield FieldError(
+            "spec.rollout.strategy",
+            f"Canary splits traffic in a router application, which {DIRECT_STREAMING_ENV}=1 "
+            "(spec.env) removes: use InPlace or BlueGreen with direct streaming",
+        )
+    steps = rollout.canary_or_default().steps
+    for i, step in enumerate(steps):
+        if not 1 <= step <= 100:
+            yield FieldError(f"spec.rollout.canary.steps[{i}]", f"{step}: not from 1 to 100")
+        if i and step <= steps[i - 1]:
+            yield FieldError(f"spec.rollout.canary.steps[{i}]", "steps must rise")
+    if steps and steps[-1] != 100:
+        yield FieldError(
+            f"spec.rollout.canary.steps[{len(steps) - 1}]", "the last step must be 100"
+        )
 
 
 def _check_network(spec: LLMServiceSpec) -> Iterator[FieldError]:

@@ -64,8 +64,18 @@ def raycluster(api: client.CustomObjectsApi, ns: str, name: str) -> dict[str, An
 
 
 def serve_args(rs: dict[str, Any]) -> dict[str, Any]:
-    args: dict[str, Any] = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]["args"]
+    """The model's args (the application that runs it: the one with a model source)."""
+    apps = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"]
+    args: dict[str, Any] = next(a["args"] for a in apps if "model_source" in a["args"])
     return args
+
+
+def serve_replicas(rs: dict[str, Any]) -> int | None:
+    """The model deployment's fixed replica count in the RayService's Serve config."""
+    apps = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"]
+    app = next(a for a in apps if "model_source" in a["args"])
+    count = app["deployments"][0].get("num_replicas")
+    return None if count is None else int(count)
 
 
 def worker_group(rs: dict[str, Any]) -> dict[str, Any]:

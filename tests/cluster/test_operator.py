@@ -24,6 +24,7 @@ from tests.cluster.objects import (
     llmservice,
     patch_spec,
     serve_args,
+    serve_replicas,
     wait_ready_reason,
     wait_rs,
     warned,
@@ -90,7 +91,7 @@ def test_replicas_scale_and_versions_reach_the_rayservice(
     patch_spec(api, namespace, "llama", {"replicas": 3})
     rs = wait_rs(
         api, namespace, "llama",
-        lambda rs: serve_args(rs)["deployment"]["num_replicas"] == 3,
+        lambda rs: serve_replicas(rs) == 3,
         "num_replicas 3",
     )  # fmt: skip
     assert worker_group(rs)["replicas"] == 3

@@ -22,7 +22,7 @@ from llmservice_operator import constants as c
 from llmservice_operator.render import spec_hash
 from llmservice_operator.validate import parse
 from tests.cluster.harness import LocalCluster, wait_for
-from tests.cluster.objects import RAY, get_rs, llmservice, serve_args, worker_group
+from tests.cluster.objects import RAY, get_rs, llmservice, serve_replicas, worker_group
 from tests.cluster.operator_process import (
     APPLIES,
     RECONCILES,
@@ -364,7 +364,7 @@ def test_concurrent_spec_edits_end_with_the_last_one_applied(
         return bool(
             rs
             and worker_group(rs)["replicas"] == want
-            and serve_args(rs)["deployment"]["num_replicas"] == want
+            and serve_replicas(rs) == want
             and status.get("observedGeneration") == generation
             and status.get("replicas") == want
         )

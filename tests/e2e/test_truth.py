@@ -237,6 +237,189 @@ def test_in_place_version_change_flips_active_version_only_when_serve_runs_it(
     _healthy_once_settled(report, settled_at)
 
 
+# The canary scenarios' gate: short steps for a test, and latency ratios wide enough for two
+# engines sharing two cores (the canary's start-up starves the stable one's CPU for a while).
+CANARY_ROLLOUT = {
+    "strategy": "Canary",
+    "canary": {
+        "steps": [50, 100],
+        "pauseSeconds": 20,
+        "analysis": {
+            "windowSeconds": 30,
+            "minRequests": 10,
+            "maxErrorRate": 0.01,
+            "maxTtftP95Ratio": 10,
+            "maxItlP95Ratio": 10,
+        },
+    },
+}
+CANARY_RATE = 2.0
+
+
+def _canary_load(g: Ground) -> LoadGenerator:
+    return LoadGenerator(
+        g.base_url, g.model, rate_per_s=CANARY_RATE, max_tokens=8, timeout_s=120,
+        max_duration_s=1500, extra_body={"min_tokens": 8},
+    )  # fmt: skip
+
+
+def _rollout(w: Any) -> dict[str, Any]:
+    return dict(w.svc()["status"].get("rollout") or {})
+
+
+def _at_weight(w: Any, weight: float) -> Any:
+    """Status says the router runs `weight` % on the canary (observed from Serve)."""
+
+    def check() -> dict[str, Any]:
+        rollout = _rollout(w)
+        if rollout.get("weight") != weight or rollout.get("phase") != "Progressing":
+            raise NotYet(f"rollout: {rollout.get('phase')} {rollout.get('weight')} "
+                         f"({rollout.get('message')})")  # fmt: skip
+        return rollout
+
+    return check
+
+
+def _share_bound(n: int, weight: float) -> float:
+    """+-5 points, or four binomial standard deviations when n is too small for that."""
+    p = weight / 100
+    return max(5.0, 400 * (p * (1 - p) / max(n, 1)) ** 0.5)
+
+
+def test_a_good_canary_steps_to_100_is_promoted_and_no_request_fails(
+    ground_world: Ground,
+) -> None:
+    g, w = ground_world, ground_world.world
+    g.ensure_created(CONVERGE_S)
+    w.patch({"rollout": {"strategy": "InPlace"}})
+    stable = w.wait("settled", w.settled, CONVERGE_S)["status"]["activeVersion"]
+    new = f"{stable}-c1"
+    began = time.monotonic()
+    shares: dict[int, str] = {}
+    with _canary_load(g) as load, w.timeline() as line:
+        load.wait_for_successes(3, 120)
+        w.patch({"rollout": CANARY_ROLLOUT, "model": {"version": new}})
+        rollout = w.wait("the canary at 50 %", _at_weight(w, 50.0), CONVERGE_S)
+        assert rollout["stableVersion"] == stable and rollout["canaryVersion"] == new
+        assert w.svc()["status"]["activeVersion"] == stable
+        t50 = time.monotonic()
+        w.wait("the canary at 100 %", _at_weight(w, 100.0), 300)
+        t100 = time.monotonic()
+        seen = load.snapshot().versions_between(t50, t100)
+        n = sum(seen.values())
+        share = 100.0 * seen.get(new, 0) / max(n, 1)
+        shares[50] = f"{share:.1f} % of {n}"
+        assert abs(share - 50) <= _share_bound(n, 50), seen
+        assert set(seen) <= {stable, new}, seen
+        svc = w.wait(f"{new} promoted and settled", w.settled, 300)
+        t_done = time.monotonic()
+        seen = load.snapshot().versions_between(t100 + 5, t_done)
+        shares[100] = (
+            f"{100.0 * seen.get(new, 0) / max(sum(seen.values()), 1):.1f} % of {sum(seen.values())}"
+        )
+        assert svc["status"]["rollout"]["phase"] == "Promoted"
+        assert svc["status"]["activeVersion"] == new
+        details = w.serve_details() or {}
+        apps = set(details.get("applications") or {})
+        assert apps == {"llm", w.stable_app()}, apps  # the old version's app is gone
+        settled_at = time.monotonic()
+        load.wait_for_successes(5, 120)
+        assert set(load.snapshot().versions_between(settled_at, time.monotonic())) == {new}
+    report = load.report
+    _record(
+        g, f"Canary {stable}->{new} (50, 100)", report, line, began,
+        f"canary share at 50 %: {shares[50]}; at 100 %: {shares[100]}; promoted", settled_at,
+    )  # fmt: skip
+    _truthful(line)
+    assert report.failed == 0, f"{report.summary()}\nexamples: {report.examples}"
+
+
+def test_a_canary_that_fails_requests_is_rolled_back_by_the_gate(ground_world: Ground) -> None:
+    """A real breaking change: a context too short for the load's prompts, so the canary
+    answers 400. The gate rolls it back within one analysis window; stable traffic never fails."""
+    g, w = ground_world, ground_world.world
+    g.ensure_created(CONVERGE_S)
+    svc = w.svc()
+    stable = svc["status"]["activeVersion"]
+    engine = dict(svc["spec"].get("engine") or {})
+    bad = f"{stable}-bad"
+    began = time.monotonic()
+    with _canary_load(g) as load, w.timeline() as line:
+        load.wait_for_successes(3, 120)
+        w.patch({"rollout": CANARY_ROLLOUT, "model": {"version": bad},
+                 "engine": {**engine, "maxModelLen": 16}})  # fmt: skip
+        w.wait("the canary at 50 %", _at_weight(w, 50.0), CONVERGE_S)
+        t50 = time.monotonic()
+
+        def rolled_back() -> dict[str, Any]:
+            svc = w.svc()
+            degraded = condition(svc, "Degraded")
+            if degraded.get("reason") != "CanaryRolledBack" or degraded.get("status") != "True":
+                raise NotYet(f"Degraded: {degraded}; rollout: {_rollout(w).get('message')}")
+            return svc
+
+        svc = w.wait("rolled back by the gate", rolled_back, 300)
+        detected = time.monotonic() - t50
+        analysis = svc["status"]["rollout"]["lastAnalysis"]
+        assert analysis["verdict"] == "Fail" and analysis["canary"]["errors"] > 0, analysis
+        assert condition(svc, "Ready").get("status") == "True"
+        assert svc["status"]["activeVersion"] == stable
+        w.wait("the canary's app removed", lambda: not _rollout(w).get("canaryApp"), 120)
+        events = w.core.list_namespaced_event(
+            w.namespace, field_selector=f"involvedObject.name={w.name},reason=CanaryRolledBack"
+        ).items
+        assert events and "answers" in events[-1].message, [e.message for e in events]
+        t_back = time.monotonic()
+        load.wait_for_successes(5, 120)
+        after = load.snapshot().versions_between(t_back, time.monotonic())
+        assert set(after) == {stable}, after
+        # Back to a good spec: Degraded clears (a revert to the stable version's config).
+        w.patch({"model": {"version": stable}, "engine": engine})
+        w.wait("settled on the stable version", w.settled, 300)
+        settled_at = time.monotonic()
+    report = load.report
+    failed = report.failures_between(began, settled_at)
+    # Only the canary's 400s fail, and no more than its share of the traffic until detection.
+    assert set(failed) <= {"http_400"}, f"{report.summary()}\nexamples: {report.examples}"
+    bound = 0.5 * CANARY_RATE * (detected + 30)
+    assert failed.get("http_400", 0) <= bound, (failed, bound)
+    _record(
+        g, f"Canary {stable}->{bad} (maxModelLen 16): rolled back", report, line, began,
+        f"rolled back {detected:.0f}s after 50 %: {analysis['reason']}; "
+        f"{failed.get('http_400', 0)} canary 400s (bound {bound:.0f})", settled_at,
+    )  # fmt: skip
+    _healthy_once_settled(report, settled_at)
+
+
+def test_reverting_the_spec_mid_canary_goes_back_to_stable_without_a_failed_request(
+    ground_world: Ground,
+) -> None:
+    g, w = ground_world, ground_world.world
+    g.ensure_created(CONVERGE_S)
+    stable = w.svc()["status"]["activeVersion"]
+    began = time.monotonic()
+    held = {**CANARY_ROLLOUT, "canary": {**CANARY_ROLLOUT["canary"], "pauseSeconds": 3600}}
+    with _canary_load(g) as load, w.timeline() as line:
+        load.wait_for_successes(3, 120)
+        w.patch({"rollout": held, "model": {"version": f"{stable}-c2"}})
+        w.wait("the canary at 50 %", _at_weight(w, 50.0), CONVERGE_S)
+        load.wait_for_successes(10, 120)
+        w.patch({"model": {"version": stable}})
+        svc = w.wait("back on the stable version", w.settled, 300)
+        assert svc["status"]["rollout"]["phase"] == "Aborted"
+        assert not svc["status"]["rollout"].get("canaryApp")
+        settled_at = time.monotonic()
+        load.wait_for_successes(5, 120)
+        assert set(load.snapshot().versions_between(settled_at, time.monotonic())) == {stable}
+    report = load.report
+    _record(
+        g, f"Canary {stable}-c2 reverted at 50 %", report, line, began,
+        "traffic back to stable, canary app removed", settled_at,
+    )  # fmt: skip
+    _truthful(line)
+    assert report.failed == 0, f"{report.summary()}\nexamples: {report.examples}"
+
+
 def test_blue_green_switches_traffic_only_when_the_new_cluster_answers(
     ground_world: Ground,
 ) -> None:
@@ -244,6 +427,7 @@ def test_blue_green_switches_traffic_only_when_the_new_cluster_answers(
     g.ensure_created(CONVERGE_S)
     old = w.active_cluster()
     assert old is not None
+    serving = w.svc()["status"]["activeVersion"]
     began = time.monotonic()
     with _load(g) as load, w.timeline() as line:
         load.wait_for_successes(3, 120)
@@ -254,7 +438,7 @@ def test_blue_green_switches_traffic_only_when_the_new_cluster_answers(
             lambda: condition(s := w.svc(), "Progressing").get("reason") == "Upgrading" and s,
             120,
         )
-        assert svc["status"]["activeVersion"] == "v2"  # the old cluster still serves v2
+        assert svc["status"]["activeVersion"] == serving  # the old cluster still serves it
         svc = w.wait("v3 settled on the new cluster", w.settled, CONVERGE_S)
         new = w.active_cluster()
         assert new is not None and new["metadata"]["name"] != old["metadata"]["name"]
@@ -269,7 +453,7 @@ def test_blue_green_switches_traffic_only_when_the_new_cluster_answers(
     report = load.report
     switched = line.first(lambda s: s.active_version == "v3")
     _record(
-        g, "BlueGreen v2->v3", report, line, began,
+        g, f"BlueGreen {serving}->v3", report, line, began,
         f"Upgrading, active v3 after {switched.t if switched else -1:.0f}s, old cluster gone",
         settled_at,
     )  # fmt: skip

@@ -23,8 +23,15 @@ from typing import Any, TypeVar
 from kubernetes import client
 
 from llmservice_operator.k8s import Kube
-from llmservice_operator.observe import ServeApp, cluster_names, parse_cluster, parse_serve
-from llmservice_operator.render import SERVE_APP_NAME
+from llmservice_operator.observe import (
+    ServeApp,
+    cluster_names,
+    live_arms,
+    parse_cluster,
+    parse_serve,
+)
+from llmservice_operator.render import SERVE_APP_NAME, STABLE_SLOT
+from serve_app.naming import version_app
 from tests.cluster.harness import wait_for
 from tests.cluster.objects import condition
 
@@ -132,7 +139,18 @@ class World:
         if rc is None:
             return None
         details = self.kube.serve_details(self.namespace, parse_cluster(rc).head_service)
-        return parse_serve(details, SERVE_APP_NAME)
+        return parse_serve(details, SERVE_APP_NAME, self.stable_app())
+
+    def stable_app(self) -> str:
+        """The Serve application of the version that serves (its slot moves on a promotion)."""
+        arms, _ = live_arms(self.rayservice())
+        return version_app(arms[0].slot if arms else STABLE_SLOT)
+
+    def serve_details(self) -> dict[str, Any] | None:
+        rc = self.active_cluster()
+        if rc is None:
+            return None
+        return self.kube.serve_details(self.namespace, parse_cluster(rc).head_service)
 
     def worker_pods(self, cluster: str | None = None) -> list[Any]:
         selector = "ray.io/node-type=worker"

@@ -239,26 +239,53 @@ def serve_endpoint(ray_session: RaySession, tiny_model_dir: Path) -> ServeEndpoi
     return ServeEndpoint(base_url=base_url, model=SERVED_MODEL_NAME, logs_dir=ray_session.logs)
 
 
-@pytest.fixture(scope="session")
-def app_endpoint(ray_session: RaySession, tiny_model_dir: Path) -> ServeEndpoint:
-    """Our serve_app, deployed from the serveConfigV2 the renderer writes for tiny.yaml."""
-    try:
-        from serve_app.app import build
-        from serve_app.local import local_app
-    except ImportError as e:
-        _fail_missing_stack(e)
+# Applications deployed from config, by name: Serve's declarative API replaces the whole set on
+# each deploy, so every deploy sends all of them (the imperative /stock app is not touched).
+_declared: dict[str, dict[str, Any]] = {}
+
+
+def deploy_declared(session: RaySession, apps: list[dict[str, Any]]) -> None:
+    """Deploy (or update) applications as KubeRay does, keep the others; wait until RUNNING."""
+    from serve_app.local import deploy_config
+
+    for app in apps:
+        _declared[app["name"]] = app
+    deploy_config(list(_declared.values()))
+    deadline = time.monotonic() + DEPLOY_TIMEOUT_S
+    for app in apps:
+        _wait_app_running(session.logs, deadline, app["name"])
+
+
+def rendered_apps(spec_overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The serveConfigV2 applications the renderer writes for tiny.yaml (spec keys overridden)."""
     import yaml
 
     from llmservice_operator.render import render_rayservice
     from llmservice_operator.validate import parse
-    from serve_app.args import LLMAppArgs
+    from serve_app.local import local_apps
 
     example = yaml.safe_load((REPO_ROOT / "manifests" / "examples" / "tiny.yaml").read_text())
+    example["spec"].update(spec_overrides or {})
     rayservice = render_rayservice(parse(example))
-    app = local_app(rayservice["spec"]["serveConfigV2"], model_source=str(tiny_model_dir))
-    target = build(LLMAppArgs.model_validate(app.args))
-    base_url = deploy(ray_session, target, app.name, app.route_prefix)
-    return ServeEndpoint(base_url=base_url, model=app.args["model_id"], logs_dir=ray_session.logs)
+    return local_apps(rayservice["spec"]["serveConfigV2"], model_source=str(MODEL_DIR))
+
+
+@pytest.fixture(scope="session")
+def app_endpoint(ray_session: RaySession, tiny_model_dir: Path) -> ServeEndpoint:
+    """Our serve_app, deployed from the serveConfigV2 the renderer writes for tiny.yaml."""
+    try:
+        from serve_app.local import routed
+    except ImportError as e:
+        _fail_missing_stack(e)
+
+    apps = rendered_apps()
+    deploy_declared(ray_session, apps)
+    front = routed(apps)
+    base_url = f"http://127.0.0.1:{ray_session.port}{front['route_prefix'].rstrip('/')}/v1"
+    _wait_http_ready(base_url, ray_session.logs)
+    return ServeEndpoint(
+        base_url=base_url, model=front["args"]["model_id"], logs_dir=ray_session.logs
+    )
 
 
 @pytest.hookimpl(wrapper=True)

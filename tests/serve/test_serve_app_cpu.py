@@ -124,7 +124,7 @@ def test_replica_recovers_after_its_engine_is_killed(
     replicas = [
         p
         for p in psutil.process_iter(["cmdline", "name"])
-        if "ServeReplica:llm:LLMServer" in " ".join(p.info["cmdline"] or [p.info["name"] or ""])
+        if "ServeReplica:llm-a:LLMServer" in " ".join(p.info["cmdline"] or [p.info["name"] or ""])
     ]
     assert len(replicas) == 1, [p.info for p in replicas]
     engines = [c for c in replicas[0].children(recursive=True) if "EngineCore" in c.name()] or (

@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
+from serve_app.split import VERSION_HEADER
+
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
 
@@ -64,6 +66,7 @@ class Outcome:
     kind: str  # "ok", "cancelled", or a failure kind
     ttft_s: float | None = None  # successes only
     latency_s: float | None = None  # successes only
+    version: str | None = None  # which model version answered (the router's response header)
 
 
 def _percentile(values: list[float], p: float) -> float | None:
@@ -103,6 +106,12 @@ class LoadReport:
                 for o in self.outcomes
                 if o.kind not in _NOT_FAILURES and t0 <= o.ended_at <= t1
             )
+        )
+
+    def versions_between(self, t0: float, t1: float) -> dict[str | None, int]:
+        """Successes sent in [t0, t1] by the model version that answered them."""
+        return dict(
+            Counter(o.version for o in self.outcomes if o.kind == OK and t0 <= o.started_at <= t1)
         )
 
     def summary(self) -> str:
@@ -367,6 +376,7 @@ class LoadGenerator:
         from openai import APIConnectionError, APIStatusError, APITimeoutError
 
         ttft: float | None = None
+        version: str | None = None
         tokens = 0
         streaming = False  # response headers received: errors from now on are mid-stream
         kind = OK
@@ -383,6 +393,7 @@ class LoadGenerator:
                     extra_body=self.extra_body,
                 )
                 streaming = True
+                version = stream.response.headers.get(VERSION_HEADER)
                 async with stream:
                     async for chunk in stream:
                         if chunk.choices and chunk.choices[0].delta.content:
@@ -410,7 +421,7 @@ class LoadGenerator:
                 kind = f"other:{type(e).__name__}"
         ended = time.monotonic()
         if kind == OK:
-            self._record(Outcome(started, ended, OK, ttft, ended - started), "")
+            self._record(Outcome(started, ended, OK, ttft, ended - started, version), "")
         else:
             self._record(Outcome(started, ended, kind), message)
 

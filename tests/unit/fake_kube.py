@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
+import yaml
 
 from llmservice_operator.k8s import KubeRayMissing
 
@@ -57,6 +58,7 @@ class FakeKube:
         self.parent_reads = 0  # GETs of an LLMService
         self.deleted: list[tuple[str, str]] = []  # (kind, name) of RayServices deleted
         # (nodes, pods) for the capacity check; None: not allowed to list them
+        self.metrics: dict[tuple[str, str], list[str]] = {}  # (ns, cluster) -> pods' /metrics
         self.room: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None = None
 
     # --- the Kube facade -----------------------------------------------------------
@@ -150,6 +152,9 @@ class FakeKube:
     def kuberay_rejection(self, namespace: str, uid: str) -> str | None:
         return self.rejections.get(uid)
 
+    def ray_pod_metrics(self, namespace: str, cluster: str) -> list[str]:
+        return list(self.metrics.get((namespace, cluster), []))
+
     def post_event(
         self, involved: Mapping[str, Any], event_type: str, reason: str, message: str
     ) -> None:
@@ -168,6 +173,28 @@ class FakeKube:
         return True
 
     # --- test helpers --------------------------------------------------------------
+    def serve_runs_config(self, namespace: str, rayservice: str, cluster: str) -> None:
+        """Ray Serve on `cluster` runs exactly the live RayService's serveConfigV2."""
+        rs = self.rayservices[(namespace, rayservice)]
+        apps: dict[str, Any] = {}
+        for app in yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"]:
+            deployments: dict[str, Any] = {}
+            for options in app.get("deployments") or []:
+                n = options.get("num_replicas") or 1
+                deployments[options["name"]] = {
+                    "status": "HEALTHY",
+                    "target_num_replicas": n,
+                    "replicas": [{"state": "RUNNING", "node_ip": f"10.0.0.{i}"} for i in range(n)],
+                }
+            apps[app["name"]] = {
+                "name": app["name"],
+                "status": "RUNNING",
+                "message": "",
+                "deployed_app_config": copy.deepcopy(app),
+                "deployments": deployments,
+            }
+        self.serve[(namespace, f"{cluster}-head-svc")] = {"applications": apps}
+
     def add_cluster(
         self, namespace: str, name: str, groups: list[dict[str, Any]], ready_workers: int = 0
     ) -> None:

@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from llmservice_operator import status as st
+from llmservice_operator.api.models import RolloutStatus
 from llmservice_operator.observe import Observation
 from tests.unit.observations import cluster, observation, rayservice, serve, status
 
@@ -132,6 +133,33 @@ HELD = llmservice(
         {"activeVersion": "v1"},
     )
 )
+CANARY = llmservice(
+    status(
+        DESIRED,
+        dataclasses.replace(
+            observation(app=serve(version="v1")),
+            rollout=RolloutStatus(
+                strategy="Canary", phase="Progressing", step=1, steps=3, weight=10.0,
+                message="step 1: 10 %; 12/20 canary answers in the window",
+            ),
+        ),
+        {"activeVersion": "v1"},
+    )
+)  # fmt: skip
+ROLLED_BACK = llmservice(
+    status(
+        DESIRED,
+        dataclasses.replace(
+            observation(app=serve(version="v1")),
+            rollout=RolloutStatus(
+                strategy="Canary", phase="RolledBack", weight=0.0,
+                message="rolled back: canary error rate 100.0% (30/30) over 1.0%",
+            ),
+            canary_rolled_back=True,
+        ),
+        {"activeVersion": "v1"},
+    )
+)  # fmt: skip
 INVALID = llmservice(
     st.to_wire(st.invalid_status(GEN, "spec.gpu.tensorParallelSize: must divide gpusPerNode", None))
 )
@@ -190,6 +218,13 @@ CASES: dict[str, tuple[dict[str, Any], str, str]] = {
     "upgrade-still-serving": (UPGRADING, "Progressing", "still serving"),
     "held-for-capacity": (HELD, "Progressing", "InsufficientCapacity: worker group l4"),
     "held-for-capacity-still-serving": (HELD, "Progressing", "still serving version v1"),
+    "canary-in-progress": (CANARY, "Progressing", "CanaryProgressing: step 1: 10 %"),
+    "canary-still-serving": (CANARY, "Progressing", "still serving"),
+    "canary-rolled-back-until-the-spec-changes": (
+        ROLLED_BACK,
+        "Degraded",
+        "CanaryRolledBack: rolled back: canary error rate 100.0% (30/30)",
+    ),
     "generation-not-observed-missing": (
         OBSERVED_GENERATION_MISSING,
         "Progressing",

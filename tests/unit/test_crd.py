@@ -45,7 +45,7 @@ def test_crd_has_scale_status_and_columns() -> None:
     assert version["subresources"]["scale"]["specReplicasPath"] == ".spec.replicas"
     assert "status" in version["subresources"]
     names = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert names == ["Model", "Version", "Replicas", "Ready", "Status", "Age"]
+    assert names == ["Model", "Version", "Replicas", "Ready", "Status", "Canary", "Age"]
     assert crd()["spec"]["names"]["shortNames"] == ["llmsvc"]
 
 

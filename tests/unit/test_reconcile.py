@@ -51,7 +51,7 @@ def kuberay_acts(kube: FakeKube, active: str | None = "tiny-a", pending: str | N
 
 def serve_on(kube: FakeKube, cluster: str, running: int, target: int, version: str = "v1") -> None:
     details = copy.deepcopy(SERVE_DETAILS)
-    app = details["applications"]["llm"]
+    app = details["applications"]["llm-a"]
     app["deployed_app_config"]["args"]["model_version"] = version
     dep = app["deployments"]["LLMServer:tiny-llama"]
     dep["target_num_replicas"] = target
@@ -539,3 +539,48 @@ def test_an_echo_that_overtakes_the_writes_bookkeeping_reconciles_nothing() -> N
     # Any other version (KubeRay's status write) is reconciled: its parent is read.
     _reconcile_owner(kube, NS, "tiny", None, "rayservice-event", log, (key_of(echo), "later"))
     assert kube.parent_reads == parents + 1
+
+
+def _apps(kube: FakeKube) -> dict[str, Any]:
+    import yaml
+
+    text = kube.rayservices[(NS, "tiny")]["spec"]["serveConfigV2"]
+    return {a["name"]: a for a in yaml.safe_load(text)["applications"]}
+
+
+def _router_weights(kube: FakeKube) -> dict[str, float]:
+    (router,) = _apps(kube)["llm"]["deployments"]
+    return {a["app"]: a["weight"] for a in router["user_config"]["arms"]}
+
+
+def test_a_canary_runs_beside_the_stable_version_and_steps_when_serve_runs_it() -> None:
+    kube = FakeKube()
+    canary = {"strategy": "Canary", "canary": {"steps": [10, 100], "pauseSeconds": 0}}
+    reconcile(kube, tiny(rollout=canary), "create")
+    kuberay_acts(kube)
+    kube.add_cluster(NS, "tiny-a", [cpu_group(1)], ready_workers=1)
+    kube.serve_runs_config(NS, "tiny", "tiny-a")
+    v2 = tiny(rollout=canary, model={"source": "/models/tiny-llama", "version": "v2",
+                                     "servedModelName": "tiny-llama"})  # fmt: skip
+    v2["metadata"]["generation"] = 2
+    status = reconcile(kube, v2, "update")
+    assert set(_apps(kube)) == {"llm", "llm-a", "llm-b"}
+    assert _router_weights(kube) == {"llm-a": 100.0, "llm-b": 0.0}
+    assert _apps(kube)["llm-a"]["args"]["model_version"] == "v1"  # the stable one untouched
+    assert _apps(kube)["llm-b"]["args"]["model_version"] == "v2"
+    # A worker for the canary's replica: one replica's worth of surge.
+    rs_group = kube.rayservices[(NS, "tiny")]["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
+    assert rs_group["minReplicas"] == 2
+    assert status["rollout"]["phase"] == "Progressing" and status["rollout"]["step"] == 0
+    progressing = status["conditions"][1]
+    assert (progressing["status"], progressing["reason"]) == ("True", "CanaryProgressing")
+    assert status["activeVersion"] == "v1" and status["pendingVersion"] == "v2"
+    assert any(e[1] == "CanaryStarted" for e in kube.events)
+    # Serve runs both versions and the router runs 0 %: step 1 moves 10 % to the canary.
+    kuberay_acts(kube)
+    kube.serve_runs_config(NS, "tiny", "tiny-a")
+    v2["status"] = status
+    status = reconcile(kube, v2, "rollout-tick")
+    assert _router_weights(kube) == {"llm-a": 90.0, "llm-b": 10.0}
+    assert status["rollout"]["step"] == 1
+    assert any(e[1] == "CanaryStep" for e in kube.events)

@@ -21,8 +21,18 @@ def _render(obj: dict[str, Any]) -> dict[str, Any]:
     return render_rayservice(parse(obj))
 
 
+def _model_options(rs: dict[str, Any]) -> dict[str, Any]:
+    """The `deployments` options of the model's application (its counts)."""
+    apps = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"]
+    (app,) = [a for a in apps if a["import_path"] == "serve_app.app:build_model"]
+    (options,) = app["deployments"]
+    assert options["name"].startswith("LLMServer:")
+    return dict(options)
+
+
 def _app_args(rs: dict[str, Any]) -> LLMAppArgs:
-    (app,) = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"]
+    apps = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"]
+    (app,) = [a for a in apps if a["import_path"] == "serve_app.app:build_model"]
     return LLMAppArgs.model_validate(app["args"])
 
 
@@ -78,8 +88,14 @@ def test_autoscaling_enables_ray_autoscaler_and_omits_live_counts() -> None:
     cluster = rs["spec"]["rayClusterConfig"]
     assert cluster["enableInTreeAutoscaling"] is True
     assert all("replicas" not in g for g in cluster["workerGroupSpecs"])
-    args = _app_args(rs)
-    assert args.deployment.num_replicas is None and args.deployment.autoscaling is not None
+    args, options = _app_args(rs), _model_options(rs)
+    assert args.autoscaled and args.deployment is None  # counts are options, not args
+    assert "num_replicas" not in options
+    assert options["autoscaling_config"] == {
+        "min_replicas": 0,
+        "max_replicas": 4,
+        "target_ongoing_requests": 24.0,
+    }
 
 
 def test_head_has_no_gpus_and_workers_request_them() -> None:
@@ -141,11 +157,23 @@ def test_user_env_and_spec_override_the_gpu_defaults() -> None:
 def test_max_ongoing_requests_follows_the_engine_batch_unless_set() -> None:
     obj = copy.deepcopy(EXAMPLES["llama-8b-l4"])
     obj["spec"].pop("maxOngoingRequests", None)
-    assert _app_args(_render(obj)).deployment.max_ongoing_requests == 256
+    assert _model_options(_render(obj))["max_ongoing_requests"] == 256
     obj["spec"]["engine"]["maxNumSeqs"] = 512
-    assert _app_args(_render(obj)).deployment.max_ongoing_requests == 512
+    assert _model_options(_render(obj))["max_ongoing_requests"] == 512
     obj["spec"]["maxOngoingRequests"] = 100
-    assert _app_args(_render(obj)).deployment.max_ongoing_requests == 100
+    assert _model_options(_render(obj))["max_ongoing_requests"] == 100
+
+
+def test_a_replica_count_change_leaves_the_model_args_alone() -> None:
+    # Ray Serve redeploys every replica of an application whose args change; options are
+    # applied to the running ones. So a scale must change options only.
+    obj = copy.deepcopy(EXAMPLES["tiny"])
+    before = _render(obj)
+    obj["spec"]["replicas"] = 3
+    after = _render(obj)
+    apps = [yaml.safe_load(r["spec"]["serveConfigV2"])["applications"] for r in (before, after)]
+    assert [a["args"] for a in apps[0]] == [a["args"] for a in apps[1]]
+    assert (_model_options(before)["num_replicas"], _model_options(after)["num_replicas"]) == (1, 3)
 
 
 def test_model_version_labels_are_valid_and_never_shared() -> None:
@@ -158,3 +186,18 @@ def test_model_version_labels_are_valid_and_never_shared() -> None:
     assert labels[:2] == versions[:2]  # already label values: kept as they are
     assert all(re.fullmatch(LABEL_VALUE_RE, lab) and lab for lab in labels), labels
     assert len(set(labels)) == len(labels)  # 64 x "a" and 63 x "a" + "b" differ
+
+
+def test_the_router_application_never_changes_with_the_models_config() -> None:
+    # New args would redeploy the router (every request passes it): only model apps change.
+    obj = copy.deepcopy(EXAMPLES["tiny"])
+    before = yaml.safe_load(_render(obj)["spec"]["serveConfigV2"])["applications"]
+    obj["spec"]["engine"]["maxModelLen"] = 256
+    obj["spec"]["model"]["version"] = "v9"
+    after = yaml.safe_load(_render(obj)["spec"]["serveConfigV2"])["applications"]
+    assert before[0]["name"] == after[0]["name"] == "llm"
+    assert before[0]["args"] == after[0]["args"]
+    assert before[0]["import_path"] == "serve_app.router:build"
+    (split,) = after[0]["deployments"]
+    assert split["user_config"]["max_request_context_length"] == 256
+    assert split["user_config"]["arms"] == [{"app": "llm-a", "version": "v9", "weight": 100.0}]

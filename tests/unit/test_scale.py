@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from llmservice_operator.observe import Replica, ServeApp, parse_serve
@@ -99,9 +100,17 @@ SERVE_DETAILS = {
             "name": "llm",
             "status": "RUNNING",
             "message": "",
-            "deployed_app_config": {"name": "llm", "args": {"model_version": "v2"}},
+            "deployed_app_config": {"name": "llm", "args": {"model_id": "tiny-llama"}},
             "deployments": {
-                "OpenAiIngress": {"status": "HEALTHY", "replicas": [{"state": "RUNNING"}]},
+                "OpenAIRouter": {"status": "HEALTHY", "replicas": [{"state": "RUNNING"}]},
+            },
+        },
+        "llm-a": {
+            "name": "llm-a",
+            "status": "RUNNING",
+            "message": "",
+            "deployed_app_config": {"name": "llm-a", "args": {"model_version": "v2"}},
+            "deployments": {
                 "LLMServer:tiny-llama": {
                     "status": "HEALTHY",
                     "target_num_replicas": 2,
@@ -111,20 +120,37 @@ SERVE_DETAILS = {
                     ],
                 },
             },
-        }
+        },
     }
 }
 
 
 def test_parse_serve_counts_the_model_deployments_running_replicas() -> None:
-    app = parse_serve(SERVE_DETAILS, "llm")
+    app = parse_serve(SERVE_DETAILS, "llm", "llm-a")
     assert app is not None
     assert (app.status, app.version, app.target_replicas, app.running_replicas) == (
         "RUNNING", "v2", 2, 1,
     )  # fmt: skip
     assert app.replica_ips() == {"10.250.0.3", "10.250.0.4"}
-    assert parse_serve(SERVE_DETAILS, "other") is None
-    assert parse_serve(None, "llm") is None
+    assert parse_serve(SERVE_DETAILS, "other", "another") is None
+    assert parse_serve(None, "llm", "llm-a") is None
+
+
+def test_parse_serve_reports_the_worse_of_router_and_model() -> None:
+    details = copy.deepcopy(SERVE_DETAILS)
+    details["applications"]["llm"].update(status="DEPLOY_FAILED", message="router broke")
+    app = parse_serve(details, "llm", "llm-a")
+    assert app is not None and (app.status, app.message, app.version) == (
+        "DEPLOY_FAILED",
+        "router broke",
+        "v2",
+    )
+    # The model's application not there (yet): not running, whatever the router says.
+    del details["applications"]["llm-a"]
+    details["applications"]["llm"].update(status="RUNNING", message="")
+    app = parse_serve(details, "llm", "llm-a")
+    assert app is not None and app.status == "NOT_STARTED" and app.running_replicas == 0
+    assert not app.settled
 
 
 def test_a_replica_still_stopping_holds_the_scale_down() -> None:

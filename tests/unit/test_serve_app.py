@@ -13,8 +13,8 @@ from tests.unit.examples import example_services
 
 def _args(case: str) -> LLMAppArgs:
     rs = render_rayservice(parse(example_services()[case]))
-    (app,) = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"]
-    assert app["import_path"] == "serve_app.app:build"
+    apps = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"]
+    (app,) = [a for a in apps if a["import_path"] == "serve_app.app:build_model"]
     return LLMAppArgs.model_validate(app["args"])
 
 
@@ -24,17 +24,13 @@ def test_gpu_service_maps_to_llm_config() -> None:
     assert kw["placement_group_config"] == {"bundles": [{"GPU": 1.0}] * 4, "strategy": "PACK"}
     assert kw["engine_kwargs"]["tensor_parallel_size"] == 4
     assert kw["engine_kwargs"]["revision"] == "main"  # HF source: the version is the revision
-    assert kw["deployment_config"] == {"max_ongoing_requests": 128, "num_replicas": 2}
+    # Counts come from the config's options; the builder starts from the mode's shape.
+    assert kw["deployment_config"] == {"num_replicas": 1}
 
 
 def test_autoscaling_and_local_sources() -> None:
     kw = llm_config_kwargs(_args("autoscaling"))
-    assert kw["deployment_config"]["autoscaling_config"] == {
-        "min_replicas": 0,
-        "max_replicas": 4,
-        "target_ongoing_requests": 24.0,
-    }
-    assert "num_replicas" not in kw["deployment_config"]
+    assert kw["deployment_config"] == {"autoscaling_config": {"min_replicas": 1, "max_replicas": 1}}
     tiny = llm_config_kwargs(_args("tiny"))
     assert "revision" not in tiny["engine_kwargs"]  # a path's version is only a label
     assert "accelerator_type" not in tiny

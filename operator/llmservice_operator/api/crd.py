@@ -140,6 +140,12 @@ def crd() -> dict[str, Any]:
                         {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas"},
                         {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
                         {"name": "Status", "type": "string", "jsonPath": f"{ready}.reason"},
+                        # The share of requests a canary takes, as the router runs it.
+                        {
+                            "name": "Canary",
+                            "type": "number",
+                            "jsonPath": ".status.rollout.weight",
+                        },
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                     ],
                     "schema": {

@@ -410,6 +410,88 @@ class EnvFromSource(_Model):
 class RolloutStrategy(StrEnum):
     IN_PLACE = "InPlace"
     BLUE_GREEN = "BlueGreen"
+    CANARY = "Canary"
+
+
+class AnalysisSpec(_Model):
+    """When a canary is good enough for its next step, and when it is rolled back.
+
+    Measured by the router that splits the traffic (it sees every answer of both versions,
+    errors an engine refuses included), over the trailing window. A limit left unset is not
+    checked; a ratio compares the canary with the stable version over the same window.
+    """
+
+    window_seconds: int = Field(
+        default=60, ge=10, le=3600, description="Trailing window the gate looks at."
+    )
+    min_requests: int = Field(
+        default=20,
+        ge=1,
+        le=1_000_000,
+        description="Canary answers the window needs before the gate can pass a step.",
+    )
+    max_error_rate: float | None = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="Highest share of the canary's requests that may fail (0.01: 1 %).",
+    )
+    max_ttft_p95_ratio: float | None = Field(
+        default=1.5,
+        ge=1,
+        le=100,
+        description="Highest canary/stable ratio of time-to-first-token p95.",
+    )
+    max_ttft_p95_seconds: float | None = Field(
+        default=None, gt=0, le=3600, description="Highest canary time-to-first-token p95."
+    )
+    max_itl_p95_ratio: float | None = Field(
+        default=1.5,
+        ge=1,
+        le=100,
+        description="Highest canary/stable ratio of inter-token latency p95.",
+    )
+    max_itl_p95_seconds: float | None = Field(
+        default=None, gt=0, le=3600, description="Highest canary inter-token latency p95."
+    )
+
+
+class CanarySpec(_Model):
+    """Steps of a canary rollout: the share of requests the new version takes at each."""
+
+    steps: list[int] = Field(
+        default_factory=lambda: [10, 50, 100],
+        min_length=1,
+        max_length=20,
+        description="Percent of the requests at each step, rising, the last one 100.",
+        json_schema_extra=_cel(
+            ("self[size(self) - 1] == 100", "the last step must be 100"),
+            (
+                "self.all(s, s >= 1 && s <= 100)",
+                "each step is a percentage from 1 to 100",
+            ),
+            ("self.isSorted()", "steps must rise"),
+        )
+        | {"x-kubernetes-list-type": "set"},
+    )
+    pause_seconds: int = Field(
+        default=60,
+        ge=0,
+        le=86_400,
+        description="Least time at each step before the next (the gate must pass as well).",
+    )
+    sticky_header: str | None = Field(
+        default=None,
+        max_length=256,
+        pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$",
+        description=(
+            "Request header (for example x-session-id) whose value keeps a client on one "
+            "version: requests without it are split at random."
+        ),
+    )
+    analysis: AnalysisSpec = Field(
+        default_factory=AnalysisSpec, description="The gate of every step."
+    )
 
 
 class RolloutSpec(_Model):
@@ -419,9 +501,20 @@ class RolloutSpec(_Model):
         default=RolloutStrategy.IN_PLACE,
         description=(
             "InPlace updates the Serve config on the running Ray cluster; BlueGreen brings up a "
-            "new Ray cluster and switches traffic once it is ready (KubeRay NewCluster upgrade)."
+            "new Ray cluster and switches traffic once it is ready (KubeRay NewCluster upgrade); "
+            "Canary runs the new version beside the old one on the same Ray cluster and moves "
+            "traffic to it step by step, rolling back by itself when the gate fails."
         ),
     )
+    canary: CanarySpec | None = Field(
+        default=None, description="Steps and gate of the Canary strategy (defaults if unset)."
+    )
+    paused: bool = Field(
+        default=False, description="Hold a canary at its current step (traffic stays as it is)."
+    )
+
+    def canary_or_default(self) -> CanarySpec:
+        return self.canary if self.canary is not None else CanarySpec()
 
 
 # --- network ---------------------------------------------------------------
@@ -638,6 +731,56 @@ class Condition(_Model):
     last_transition_time: str = Field(description="When status last changed (RFC 3339).")
 
 
+class VersionStats(_Model):
+    """One version's answers over an analysis window, as the router measured them."""
+
+    version: str | None = Field(default=None, description="Model version.")
+    requests: int = Field(description="Answers that ended in the window.")
+    errors: int = Field(description="Of those, failed ones (non-2xx or a broken stream).")
+    error_rate: float | None = Field(default=None, description="errors / requests.")
+    ttft_p95_seconds: float | None = Field(default=None, description="Time to first token p95.")
+    itl_p95_seconds: float | None = Field(default=None, description="Inter-token latency p95.")
+
+
+class AnalysisStatus(_Model):
+    """The canary gate's last look."""
+
+    time: str = Field(description="When (RFC 3339).")
+    window_seconds: float = Field(description="How much traffic time it covered.")
+    verdict: str = Field(description="Pass, Fail or Inconclusive.")
+    reason: str = Field(description="Why, with the numbers compared.")
+    stable: VersionStats | None = Field(default=None, description="The stable version's answers.")
+    canary: VersionStats | None = Field(default=None, description="The canary's answers.")
+
+
+class RolloutStatus(_Model):
+    """Where a canary rollout stands (observed weights; the step is the operator's own)."""
+
+    strategy: str = Field(description="The rollout strategy (Canary).")
+    phase: str = Field(description="Progressing, Paused, Promoted, RolledBack or Aborted.")
+    step: int | None = Field(
+        default=None, description="Current step, 1-based (0: the canary is starting)."
+    )
+    steps: int | None = Field(default=None, description="Number of steps.")
+    weight: float | None = Field(
+        default=None, description="Percent of requests the canary takes, as the router runs it."
+    )
+    stable_version: str | None = Field(default=None, description="Version of the stable one.")
+    canary_version: str | None = Field(default=None, description="Version of the canary.")
+    stable_app: str | None = Field(default=None, description="Serve application of the stable.")
+    canary_app: str | None = Field(default=None, description="Serve application of the canary.")
+    canary_hash: str | None = Field(default=None, description="Hash of the canary's config.")
+    step_started: str | None = Field(
+        default=None, description="When the router began running this step's weight."
+    )
+    rolled_back_hash: str | None = Field(
+        default=None,
+        description="Config hash of a canary the gate rolled back: not retried until it changes.",
+    )
+    message: str = Field(default="", description="What happens now.")
+    last_analysis: AnalysisStatus | None = Field(default=None, description="The gate's last look.")
+
+
 class LLMServiceStatus(_Model):
     """Observed state: the RayService, its RayClusters and Ray Serve's own state."""
 
@@ -667,6 +810,9 @@ class LLMServiceStatus(_Model):
         default=None, description="Model version being rolled out, if any."
     )
     ray_service_name: str | None = Field(default=None, description="The owned RayService.")
+    rollout: RolloutStatus | None = Field(
+        default=None, description="The canary rollout, while one runs and after it ended."
+    )
     warnings: list[str] | None = Field(
         default=None,
         description=(

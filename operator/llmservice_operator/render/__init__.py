@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -22,8 +23,16 @@ from llmservice_operator.api.models import (
     NetworkPeer,
     RolloutStrategy,
 )
-from llmservice_operator.plan import Plan, WorkerGroupPlan, plan
-from serve_app.args import AutoscalingArgs, DeploymentArgs, LLMAppArgs
+from llmservice_operator.plan import Plan, WorkerGroupPlan, direct_streaming, plan
+from serve_app.args import (
+    ArmArgs,
+    AutoscalingArgs,
+    DeploymentArgs,
+    LLMAppArgs,
+    RouterArgs,
+    SplitArgs,
+)
+from serve_app.naming import ROUTER_APP, ROUTER_DEPLOYMENT, model_deployment, version_app
 from serve_app.tuning import GPU_SERVE_ENV, GPU_STREAM_BATCHING_INTERVAL_MS
 
 # Ray release the defaults target; images carry Python 3.11 like this package.
@@ -33,7 +42,10 @@ _IMAGE_REPO = "ghcr.io/llmservice/llmservice-ray"
 DEFAULT_GPU_IMAGE = f"{_IMAGE_REPO}:0.1.0-ray{DEFAULT_RAY_VERSION}-gpu"
 DEFAULT_CPU_IMAGE = f"{_IMAGE_REPO}:0.1.0-ray{DEFAULT_RAY_VERSION}-cpu"
 SERVE_APP_IMPORT_PATH = "serve_app.app:build"
-SERVE_APP_NAME = "llm"
+MODEL_APP_IMPORT_PATH = "serve_app.app:build_model"
+ROUTER_IMPORT_PATH = "serve_app.router:build"
+SERVE_APP_NAME = ROUTER_APP
+STABLE_SLOT = "a"
 HF_TOKEN_ENV = "HF_TOKEN"
 
 # libyaml's C loader/dumper: the pure-Python ones would be most of a render's time.
@@ -73,14 +85,8 @@ def _stream_batching_interval_ms(spec: LLMServiceSpec) -> float | None:
 
 
 def app_args(svc: LLMService, p: Plan) -> LLMAppArgs:
+    """The model application's ``args``: everything but counts (see ``deployment_args``)."""
     spec = svc.spec
-    autoscaling = None
-    if spec.autoscaling is not None:
-        autoscaling = AutoscalingArgs(
-            min_replicas=spec.autoscaling.min_replicas,
-            max_replicas=spec.autoscaling.max_replicas,
-            target_ongoing_requests=spec.autoscaling.target_ongoing_requests,
-        )
     return LLMAppArgs(
         model_id=p.served_model_name,
         model_source=spec.model.source,
@@ -89,28 +95,136 @@ def app_args(svc: LLMService, p: Plan) -> LLMAppArgs:
         engine_kwargs=_engine_kwargs(spec),
         accelerator_type=p.accelerator_type,
         placement_bundles=p.placement_bundles,
-        deployment=DeploymentArgs(
-            num_replicas=p.replicas,
-            autoscaling=autoscaling,
-            max_ongoing_requests=spec.ongoing_requests_limit(),
-        ),
+        autoscaled=p.autoscaling,
         stream_batching_interval_ms=_stream_batching_interval_ms(spec),
     )
 
 
-def serve_config(svc: LLMService, p: Plan) -> str:
-    """serveConfigV2: the Ray Serve config text KubeRay submits to the cluster."""
-    config = {
-        "applications": [
+def deployment_args(spec: LLMServiceSpec, p: Plan, replicas: int | None = None) -> DeploymentArgs:
+    """The model deployment's counts: ``replicas`` (fixed) or the spec's, or its autoscaling."""
+    autoscaling = None
+    if spec.autoscaling is not None:
+        autoscaling = AutoscalingArgs(
+            min_replicas=spec.autoscaling.min_replicas,
+            max_replicas=spec.autoscaling.max_replicas,
+            target_ongoing_requests=spec.autoscaling.target_ongoing_requests,
+        )
+    return DeploymentArgs(
+        num_replicas=None
+        if autoscaling is not None
+        else (replicas if replicas is not None else p.replicas),
+        autoscaling=autoscaling,
+        max_ongoing_requests=spec.ongoing_requests_limit(),
+    )
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One version of the model in the Serve config: its application, args, counts, share."""
+
+    slot: str
+    args: dict[str, Any]  # LLMAppArgs as JSON (without counts)
+    deployment: DeploymentArgs
+    weight: float
+
+    @property
+    def version(self) -> str | None:
+        v = self.args.get("model_version")
+        return None if v is None else str(v)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The versions that run and how requests are split between them (stable first)."""
+
+    arms: tuple[Arm, ...]
+    sticky_header: str | None = None
+
+
+def steady_layout(svc: LLMService, p: Plan, slot: str = STABLE_SLOT) -> Layout:
+    """One version, the spec's, taking every request."""
+    args = app_args(svc, p).model_dump(mode="json", exclude_none=True)
+    return Layout((Arm(slot, args, deployment_args(svc.spec, p), 100.0),))
+
+
+def model_app_name(spec: LLMServiceSpec, slot: str = STABLE_SLOT) -> str:
+    """The Serve application that runs the model (the version in ``slot``)."""
+    return SERVE_APP_NAME if direct_streaming(spec) else version_app(slot)
+
+
+def _model_options(model_id: str, dep: DeploymentArgs) -> dict[str, Any]:
+    """The model deployment's `deployments` entry: counts applied without a redeploy."""
+    options: dict[str, Any] = {
+        "name": model_deployment(model_id),
+        "max_ongoing_requests": dep.max_ongoing_requests,
+    }
+    if dep.autoscaling is not None:
+        options["autoscaling_config"] = dep.autoscaling.model_dump(mode="json")
+    else:
+        options["num_replicas"] = dep.num_replicas
+    return options
+
+
+def serve_config(svc: LLMService, p: Plan, layout: Layout | None = None) -> str:
+    """serveConfigV2: the Ray Serve config text KubeRay submits to the cluster.
+
+    A router application owns the route and sends requests to the model's versions, each in
+    an application of its own (see serve_app/router.py for why). With direct streaming the
+    model's replica is the ingress, so the whole app is one application, as Ray builds it.
+    Replica counts are `deployments` options, never `args`: Ray Serve applies new options to
+    the running replicas, while new args redeploy every replica of the application.
+    """
+    spec = svc.spec
+    layout = layout or steady_layout(svc, p)
+    model_id = p.served_model_name
+    if direct_streaming(spec):
+        (arm,) = layout.arms
+        apps: list[dict[str, Any]] = [
             {
                 "name": SERVE_APP_NAME,
-                "route_prefix": svc.spec.route_prefix,
+                "route_prefix": spec.route_prefix,
                 "import_path": SERVE_APP_IMPORT_PATH,
-                "args": app_args(svc, p).model_dump(mode="json", exclude_none=True),
+                "args": arm.args,
+                "deployments": [_model_options(model_id, arm.deployment)],
             }
         ]
-    }
-    return yaml.dump(config, Dumper=_Dumper, sort_keys=False)
+        return yaml.dump({"applications": apps}, Dumper=_Dumper, sort_keys=False)
+    # Only what no rollout changes: new router args would redeploy the router.
+    router = RouterArgs(model_id=model_id, deployment_name=model_deployment(model_id))
+    context = (layout.arms[0].args.get("engine_kwargs") or {}).get("max_model_len")
+    split = SplitArgs(
+        arms=[
+            ArmArgs(app=version_app(a.slot), version=a.version, weight=a.weight)
+            for a in layout.arms
+        ],
+        sticky_header=layout.sticky_header,
+        max_request_context_length=context,
+    )
+    apps = [
+        {
+            "name": SERVE_APP_NAME,
+            "route_prefix": spec.route_prefix,
+            "import_path": ROUTER_IMPORT_PATH,
+            "args": router.model_dump(mode="json", exclude_none=True),
+            "deployments": [
+                {
+                    "name": ROUTER_DEPLOYMENT,
+                    "user_config": split.model_dump(mode="json", exclude_none=True),
+                }
+            ],
+        }
+    ]
+    for arm in layout.arms:
+        apps.append(
+            {
+                "name": version_app(arm.slot),
+                "route_prefix": None,  # only the router reaches it, through a handle
+                "import_path": MODEL_APP_IMPORT_PATH,
+                "args": arm.args,
+                "deployments": [_model_options(model_id, arm.deployment)],
+            }
+        )
+    return yaml.dump({"applications": apps}, Dumper=_Dumper, sort_keys=False)
 
 
 def _labels(svc: LLMService) -> dict[str, str]:
@@ -267,16 +381,32 @@ def _group_context(svc: LLMService, g: WorkerGroupPlan) -> dict[str, Any]:
     }
 
 
-def render_rayservice(svc: LLMService) -> dict[str, Any]:
+def extra_replicas(layout: Layout | None, p: Plan) -> int:
+    """Model replicas a layout runs beyond the spec's (a canary's surge): workers to add."""
+    if layout is None or len(layout.arms) < 2:
+        return 0
+    if p.autoscaling:  # each version scales on its own; the extra ones' floor is one replica
+        return sum(
+            a.deployment.autoscaling.min_replicas or 1
+            for a in layout.arms[1:]
+            if a.deployment.autoscaling
+        )
+    total = sum(a.deployment.num_replicas or 0 for a in layout.arms)
+    return max(0, total - (p.replicas or 0))
+
+
+def render_rayservice(svc: LLMService, layout: Layout | None = None) -> dict[str, Any]:
+    """The RayService of ``svc``; ``layout`` says which versions run (default: the spec's)."""
     spec = svc.spec
     p = plan(spec)
+    p = plan(spec, extra_replicas(layout, p))
     image = spec.image or (DEFAULT_GPU_IMAGE if spec.gpu is not None else DEFAULT_CPU_IMAGE)
     context = {
         "name": svc.metadata.name,
         "namespace": svc.metadata.namespace,
         "labels": _labels(svc),
         "annotations": {c.ANNOTATION_SPEC_HASH: spec_hash(spec)},
-        "serve_config": serve_config(svc, p),
+        "serve_config": serve_config(svc, p, layout),
         "ray_version": spec.ray_version or DEFAULT_RAY_VERSION,
         "autoscaling": p.autoscaling,
         "image": image,
@@ -343,7 +473,7 @@ def container_env(rayservice: dict[str, Any]) -> dict[str, str]:
     return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
 
 
-def render(svc: LLMService) -> list[dict[str, Any]]:
+def render(svc: LLMService, layout: Layout | None = None) -> list[dict[str, Any]]:
     """Every child object of one LLMService, RayService first."""
     policy = render_networkpolicy(svc)
-    return [render_rayservice(svc), *([policy] if policy is not None else [])]
+    return [render_rayservice(svc, layout), *([policy] if policy is not None else [])]

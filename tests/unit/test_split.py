@@ -1,0 +1,86 @@
+"""The router's choice of version and what it measures (serve_app.split / measure, no Ray)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator
+
+import pytest
+from pydantic import ValidationError
+
+from serve_app.args import SplitArgs
+from serve_app.measure import Outcome, measured_stream, outcome_of
+from serve_app.split import choose, point_of
+
+
+def split(stable: float, sticky: str | None = None) -> SplitArgs:
+    return SplitArgs.model_validate(
+        {
+            "arms": [
+                {"app": "llm-a", "version": "v1", "weight": stable},
+                {"app": "llm-b", "version": "v2", "weight": 100 - stable},
+            ],
+            "sticky_header": sticky,
+        }
+    )
+
+
+def test_points_fall_on_the_arms_in_proportion_to_their_weights() -> None:
+    s = split(90)
+    picks = Counter(choose(s, p / 10).version for p in range(1000))  # an even grid over [0, 100)
+    assert picks == {"v1": 900, "v2": 100}
+    assert choose(split(100), 99.999).version == "v1"  # a weight of 0 takes nothing
+    assert choose(split(0), 0.0).version == "v2"
+
+
+def test_a_sticky_key_keeps_its_version_and_raising_the_canary_only_moves_clients_onto_it() -> None:
+    keys = [f"user-{i}" for i in range(2000)]
+    at10 = {k: choose(split(90), point_of(k)).version for k in keys}
+    at50 = {k: choose(split(50), point_of(k)).version for k in keys}
+    assert all(point_of(k) == point_of(k) for k in keys[:10])
+    assert not [k for k in keys if at10[k] == "v2" and at50[k] == "v1"]  # nobody moves back
+    share = sum(v == "v2" for v in at50.values()) / len(keys)
+    assert 0.46 < share < 0.54  # the hash spreads keys evenly
+
+
+def test_weights_must_add_up_to_100_and_name_each_app_once() -> None:
+    with pytest.raises(ValidationError, match="add up to 100"):
+        SplitArgs.model_validate({"arms": [{"app": "llm-a", "weight": 90}]})
+    with pytest.raises(ValidationError, match="at most once"):
+        SplitArgs.model_validate(
+            {"arms": [{"app": "llm-a", "weight": 50}, {"app": "llm-a", "weight": 50}]}
+        )
+
+
+def test_outcomes_by_status_code() -> None:
+    assert [outcome_of(c) for c in (200, 400, 404, 500, None)] == [
+        Outcome.OK, Outcome.CLIENT_ERROR, Outcome.CLIENT_ERROR, Outcome.SERVER_ERROR,
+        Outcome.SERVER_ERROR,
+    ]  # fmt: skip
+
+
+def test_a_measured_stream_reports_first_chunk_gaps_and_how_it_ended() -> None:
+    async def chunks(items: list[str]) -> AsyncIterator[str]:
+        for item in items:
+            await asyncio.sleep(0.01)
+            yield item
+
+    async def run(items: list[str]) -> tuple[list[float], list[float], list[Outcome], list[str]]:
+        first: list[float] = []
+        gaps: list[float] = []
+        ends: list[Outcome] = []
+        out = [
+            str(c)
+            async for c in measured_stream(
+                chunks(items), started=0.0, on_first=first.append, on_gap=gaps.append,
+                on_end=ends.append,
+            )
+        ]  # fmt: skip
+        return first, gaps, ends, out
+
+    first, gaps, ends, out = asyncio.run(run(["data: {}\n\n", "data: {}\n\n", "data: [DONE]\n\n"]))
+    assert len(first) == 1 and len(gaps) == 2 and all(g > 0 for g in gaps)
+    assert ends == [Outcome.OK] and len(out) == 3
+    _, _, ends, _ = asyncio.run(run(['data: {"error": {"code": 500}}\n\n']))
+    assert ends == [Outcome.STREAM_ERROR]
