@@ -1,7 +1,8 @@
 """Room for a surge: do the pods of a second Ray cluster fit beside everything that runs now?
 
 A RayService change that KubeRay cannot carry out in place (a BlueGreen version change, any
-change of the pod templates) brings up a whole new RayCluster before the old one goes. On a
+change of the pod templates) brings up a whole new RayCluster before the old one goes; a canary
+adds one replica's workers to the running one. On a
 GPU pool with no room its pods stay Pending and the upgrade stalls for ever (kuberay#1476,
 #4239) while the old cluster keeps serving. The operator asks here first, and holds such a
 change, saying what is missing, until it fits.
@@ -128,6 +129,29 @@ def pod_shapes(rayservice: Mapping[str, Any]) -> list[PodShape]:
         if count is None:
             count = group.get("minReplicas") or 0
         shapes.append(_shape(str(group.get("groupName")), int(count), group.get("template") or {}))
+    return shapes
+
+
+def added_workers(want: Mapping[str, Any], live: Mapping[str, Any]) -> list[PodShape]:
+    """The worker pods `want` adds to the running cluster (a canary's surge): per group, its
+    count in `want` above its count in the `live` RayService (groups matched by name)."""
+
+    def groups(rs: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+        cluster = (rs.get("spec") or {}).get("rayClusterConfig") or {}
+        return {str(g.get("groupName")): g for g in cluster.get("workerGroupSpecs") or []}
+
+    def count(group: Mapping[str, Any] | None) -> int:
+        if group is None:
+            return 0
+        n = group.get("replicas")
+        return int(group.get("minReplicas") or 0 if n is None else n)
+
+    before = groups(live)
+    shapes = []
+    for name, group in groups(want).items():
+        extra = count(group) - count(before.get(name))
+        if extra > 0:
+            shapes.append(_shape(name, extra, group.get("template") or {}))
     return shapes
 
 

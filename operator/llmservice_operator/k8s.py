@@ -437,27 +437,31 @@ class Kube:
             raise
         return nodes, pods
 
-    def worker_pods(self, namespace: str, cluster: str) -> list[dict[str, Any]]:
-        """The live (not terminating) worker pods of one RayCluster."""
+    def _cluster_pods(self, namespace: str, cluster: str, workers_only: bool) -> list[Any]:
+        """The live (not terminating) pods of one RayCluster."""
+        selector = f"ray.io/cluster={cluster}"
+        if workers_only:
+            selector += ",ray.io/node-type=worker"
         with classified(f"list pods of RayCluster {namespace}/{cluster}", "list", "pods"):
             pods = self.core.list_namespaced_pod(
-                namespace,
-                label_selector=f"ray.io/cluster={cluster},ray.io/node-type=worker",
-                _request_timeout=REQUEST_TIMEOUT_S,
+                namespace, label_selector=selector, _request_timeout=REQUEST_TIMEOUT_S
             )
-            out = []
-            for pod in pods.items:
-                meta = pod.metadata
-                if meta is None or meta.deletion_timestamp is not None:
-                    continue
-                out.append(
-                    {
-                        "name": meta.name,
-                        "ip": pod.status.pod_ip if pod.status else None,
-                        "group": (meta.labels or {}).get("ray.io/group", ""),
-                    }
-                )
-            return out
+        return [
+            pod
+            for pod in pods.items
+            if pod.metadata is not None and pod.metadata.deletion_timestamp is None
+        ]
+
+    def worker_pods(self, namespace: str, cluster: str) -> list[dict[str, Any]]:
+        """The live (not terminating) worker pods of one RayCluster."""
+        return [
+            {
+                "name": pod.metadata.name,
+                "ip": pod.status.pod_ip if pod.status else None,
+                "group": (pod.metadata.labels or {}).get("ray.io/group", ""),
+            }
+            for pod in self._cluster_pods(namespace, cluster, workers_only=True)
+        ]
 
     def serve_details(self, namespace: str, head_service: str) -> dict[str, Any] | None:
         """Ray Serve's view of its applications, or None when Ray does not answer.
@@ -517,20 +521,12 @@ class Kube:
         """The Prometheus text of every running Ray pod of a RayCluster (port 8080, where Ray's
         metrics agent exports); pods that do not answer are left out (the gate then sees fewer
         answers, never wrong ones)."""
-        with classified(f"list pods of RayCluster {namespace}/{cluster}", "list", "pods"):
-            pods = self.core.list_namespaced_pod(
-                namespace,
-                label_selector=f"ray.io/cluster={cluster}",
-                _request_timeout=REQUEST_TIMEOUT_S,
-            )
         texts = []
-        for pod in pods.items:
-            meta, status = pod.metadata, pod.status
-            if meta is None or meta.deletion_timestamp is not None or status is None:
+        for pod in self._cluster_pods(namespace, cluster, workers_only=False):
+            status = pod.status
+            if status is None or status.phase != "Running":
                 continue
-            if status.phase != "Running":
-                continue
-            text = self._pod_metrics(namespace, str(meta.name), status.pod_ip)
+            text = self._pod_metrics(namespace, str(pod.metadata.name), status.pod_ip)
             if text is not None:
                 texts.append(text)
         return texts

@@ -23,7 +23,7 @@ import kopf
 
 from llmservice_operator import canary, capacity, metrics, scale
 from llmservice_operator import constants as c
-from llmservice_operator.api.models import LLMService, LLMServiceStatus
+from llmservice_operator.api.models import LLMService, LLMServiceStatus, RolloutStatus
 from llmservice_operator.children import Children, Key, key_of
 from llmservice_operator.errors import InvalidSpecError
 from llmservice_operator.k8s import (
@@ -43,6 +43,7 @@ from llmservice_operator.observe import (
     foreign,
     is_subset,
     leftover,
+    live_arms,
     parse_cluster,
     parse_serve,
 )
@@ -209,9 +210,20 @@ def reconcile(
         p = plan(svc.spec, extra_replicas(decision.layout, p))
     apply_error: str | None = None
     needs_apply = _needs_apply(rayservice, live, rs_in_line)
-    held = _no_room(kube, rayservice, live) if needs_apply and not rs_in_line else None
+    starts_canary = decision.layout is not None and len(decision.layout.arms) > len(
+        live_arms(live)[0]
+    )
+    held = (
+        _no_room(kube, rayservice, live, starts_canary) if needs_apply and not rs_in_line else None
+    )
     if held is not None:
-        pass  # the old cluster keeps serving; nothing of this change is applied to it
+        # The old cluster keeps serving; nothing of this change is applied to it, and a canary
+        # that could not start has not started.
+        p = plan(svc.spec)
+        kept = previous.get("rollout")
+        decision = dataclasses.replace(
+            decision, rollout=RolloutStatus.model_validate(kept) if kept else None, events=()
+        )
     elif needs_apply:
         action = "created" if live is None else "updated"
         try:
@@ -265,17 +277,27 @@ def reconcile(
     return to_wire(status)
 
 
-def _no_room(kube: Kube, want: Mapping[str, Any], live: Mapping[str, Any] | None) -> str | None:
-    """What is missing for the second Ray cluster that applying `want` over the read (not
-    cached: the spec is needed) `live` child would bring up (None: no surge, it fits, or RBAC
+def _no_room(
+    kube: Kube, want: Mapping[str, Any], live: Mapping[str, Any] | None, starts_canary: bool
+) -> str | None:
+    """What is missing for the pods that applying `want` over `live` would add: a second Ray
+    cluster (a surge), or a starting canary's workers (None: nothing added, it fits, or RBAC
     does not let us look: then KubeRay goes ahead as always)."""
-    if live is None or not capacity.surges(want, live):
+    if live is None:
+        return None
+    if capacity.surges(want, live):
+        shapes = capacity.pod_shapes(want)
+    elif starts_canary:
+        shapes = capacity.added_workers(want, live)
+    else:
+        return None
+    if not shapes:
         return None
     room = kube.nodes_and_pods()
     if room is None:
         log.info("capacity not checked: no permission to list nodes and pods")
         return None
-    missing = capacity.shortfall(capacity.pod_shapes(want), capacity.node_rooms(*room))
+    missing = capacity.shortfall(shapes, capacity.node_rooms(*room))
     return capacity.describe(missing) if missing else None
 
 

@@ -289,7 +289,10 @@ def denied_outside_the_job(
         "read a node": lambda: core.read_node("x"),
         "patch a node": lambda: core.patch_node("x", {"metadata": {"labels": {"x": "y"}}}),
         "delete pods": lambda: core.delete_collection_namespaced_pod(watched),
-        "proxy to a pod": lambda: core.connect_get_namespaced_pod_proxy("x:8265", watched),
+        # Pods' metrics (a canary's gate) are read through the proxy, never written.
+        "POST through a pod proxy": lambda: core.connect_post_namespaced_pod_proxy(
+            "x:8080", watched
+        ),
         # Services: only proxied GETs (Ray Serve's state), never written through the proxy.
         "POST through a service proxy": lambda: core.connect_post_namespaced_service_proxy(
             "x:dashboard", watched

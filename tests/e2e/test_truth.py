@@ -319,9 +319,14 @@ def test_a_good_canary_steps_to_100_is_promoted_and_no_request_fails(
         )
         assert svc["status"]["rollout"]["phase"] == "Promoted"
         assert svc["status"]["activeVersion"] == new
-        details = w.serve_details() or {}
-        apps = set(details.get("applications") or {})
-        assert apps == {"llm", w.stable_app()}, apps  # the old version's app is gone
+
+        def old_app_gone() -> bool:
+            apps = set((w.serve_details() or {}).get("applications") or {})
+            if apps != {"llm", w.stable_app()}:
+                raise NotYet(f"Serve applications: {sorted(apps)}")
+            return True
+
+        w.wait("the old version's app gone", old_app_gone, 120)
         settled_at = time.monotonic()
         load.wait_for_successes(5, 120)
         assert set(load.snapshot().versions_between(settled_at, time.monotonic())) == {new}

@@ -49,6 +49,7 @@ NAMESPACED_RULES = {
     ("networking.k8s.io", "networkpolicies"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "pods"): {"list"},
     ("", "services/proxy"): {"get"},
+    ("", "pods/proxy"): {"get"},
     ("", "events"): {"create", "list"},
     ("events.k8s.io", "events"): {"create"},
 }

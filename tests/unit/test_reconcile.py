@@ -584,3 +584,38 @@ def test_a_canary_runs_beside_the_stable_version_and_steps_when_serve_runs_it() 
     assert _router_weights(kube) == {"llm-a": 90.0, "llm-b": 10.0}
     assert status["rollout"]["step"] == 1
     assert any(e[1] == "CanaryStep" for e in kube.events)
+
+
+def test_a_canary_whose_replica_does_not_fit_waits_for_room_and_starts_nothing() -> None:
+    from tests.unit.test_capacity import l4_service, node, pod
+
+    def canary(version: str, generation: int) -> dict[str, Any]:
+        body = l4_service(version=version)
+        body["metadata"].update(name="tiny", generation=generation)
+        body["spec"]["rollout"] = {"strategy": "Canary"}
+        return body
+
+    kube = FakeKube()
+    reconcile(kube, canary("v1", 1), "create")
+    kuberay_acts(kube)
+    kube.add_cluster(NS, "tiny-a", [cpu_group(2)], ready_workers=2)
+    kube.serve_runs_config(NS, "tiny", "tiny-a")
+    applied = copy.deepcopy(kube.rayservices[(NS, "tiny")]["spec"])
+    nodes = [node("cpu-0", "cpu"), node("l4-0", "l4", gpus=1), node("l4-1", "l4", gpus=1)]
+    kube.room = (nodes, [pod("l4-0", gpus=1), pod("l4-1", gpus=1)])
+    with pytest.raises(BackedOff, match="1 more GPU"):
+        reconcile(kube, canary("v2", 2), "update")
+    assert kube.rayservices[(NS, "tiny")]["spec"] == applied  # no canary, no extra worker
+    status = kube.statuses[-1]
+    conds = {c["type"]: c for c in status["conditions"]}
+    assert (conds["Progressing"]["status"], conds["Progressing"]["reason"]) == (
+        "False", "InsufficientCapacity",
+    )  # fmt: skip
+    assert conds["Ready"]["status"] == "True" and status.get("rollout") is None
+    assert not any(e[1] == "CanaryStarted" for e in kube.events)
+    # A third L4 node joins the pool: the canary starts, with one more worker.
+    kube.room = ([*nodes, node("l4-2", "l4", gpus=1)], kube.room[1])
+    status = reconcile(kube, canary("v2", 2), "update")
+    assert status["rollout"]["phase"] == "Progressing"
+    group = kube.rayservices[(NS, "tiny")]["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
+    assert group["replicas"] == 3

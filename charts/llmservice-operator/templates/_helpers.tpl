@@ -114,6 +114,11 @@ llmservice_operator/k8s.py and kopf's watches, patches and events.
 - apiGroups: [""]
   resources: ["services/proxy"]
   verbs: ["get"]
+# A canary's gate: the router's per-version metrics from each Ray pod's metrics port (8080)
+# through the API server's pod proxy. Only GET.
+- apiGroups: [""]
+  resources: ["pods/proxy"]
+  verbs: ["get"]
 # Events about each apply and each rejected spec (core/v1 today; events.k8s.io is the same
 # Event storage under its newer API, so granting both adds no power). list: KubeRay's
 # InvalidRayServiceSpec Warning on a RayService is the only record that it refused it.
