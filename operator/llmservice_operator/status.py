@@ -334,13 +334,18 @@ def compute_status(
         )  # fmt: skip
     progress = _progress(desired, obs, serve, active)
     rollout = obs.rollout
-    if rollout is not None and rollout.phase in _CANARY_RUNNING and active is not None:
+    # Under way while a canary steps, and until a canary's application is gone again (its
+    # traffic taken back first: an abort or a rollback is not done before that).
+    if rollout is not None and active is not None and (
+        rollout.phase in _CANARY_RUNNING or rollout.canary_app
+    ):
         paused = rollout.phase == _CANARY_RUNNING[1]
         progress = (Reason.CANARY_PAUSED if paused else Reason.CANARY, rollout.message)
     if obs.canary_rolled_back:
         why = rollout.message if rollout is not None else "rolled back"
-        progress = None  # nothing is under way: the stable version runs as it should
         pending_version = None
+        if rollout is None or not rollout.canary_app:
+            progress = None  # nothing is under way: the stable version runs as it should
     if obs.insufficient_capacity is not None:
         held = f"{obs.insufficient_capacity}; the change starts when they fit"
         prog = _cond(ConditionType.PROGRESSING, False, Reason.INSUFFICIENT_CAPACITY, held, gen)

@@ -192,3 +192,27 @@ def test_scaling_the_same_version_is_scaling_not_a_pending_version() -> None:
     assert (s["activeVersion"], s["pendingVersion"]) == ("v2", None)
     assert conditions(s)[T.PROGRESSING] == ("True", R.SCALING)
     assert s["readyReplicas"] == 1
+
+
+def test_a_canary_is_under_way_until_its_app_is_gone_and_a_rollback_degrades() -> None:
+    from llmservice_operator.api.models import RolloutStatus
+
+    running = observation(app=serve(running=2, version="v1"))
+    aborting = RolloutStatus(
+        strategy="Canary", phase="Aborted", canary_app="llm-b", message="taking traffic back"
+    )
+    s = status(DESIRED, dataclasses.replace(running, rollout=aborting), {"activeVersion": "v1"})
+    assert conditions(s)[T.PROGRESSING] == ("True", R.CANARY)
+    done = aborting.model_copy(update={"canary_app": None})
+    back = dataclasses.replace(observation(app=serve(running=2, version="v2")), rollout=done)
+    assert conditions(status(DESIRED, back))[T.PROGRESSING] == ("False", R.RECONCILED)
+    rolled_back = RolloutStatus(strategy="Canary", phase="RolledBack", message="rolled back: x")
+    s = status(
+        DESIRED,
+        dataclasses.replace(running, rollout=rolled_back, canary_rolled_back=True),
+        {"activeVersion": "v1"},
+    )
+    assert conditions(s)[T.DEGRADED] == ("True", R.CANARY_ROLLED_BACK)
+    assert conditions(s)[T.READY] == ("True", R.SERVING)  # the stable version serves
+    assert conditions(s)[T.PROGRESSING] == ("False", R.RECONCILED)
+    assert s["pendingVersion"] is None and s["rollout"]["phase"] == "RolledBack"
