@@ -336,8 +336,10 @@ def compute_status(
     rollout = obs.rollout
     # Under way while a canary steps, and until a canary's application is gone again (its
     # traffic taken back first: an abort or a rollback is not done before that).
-    if rollout is not None and active is not None and (
-        rollout.phase in _CANARY_RUNNING or rollout.canary_app
+    if (
+        rollout is not None
+        and active is not None
+        and (rollout.phase in _CANARY_RUNNING or rollout.canary_app)
     ):
         paused = rollout.phase == _CANARY_RUNNING[1]
         progress = (Reason.CANARY_PAUSED if paused else Reason.CANARY, rollout.message)

@@ -183,7 +183,7 @@ def test_helm_install_upgrade_uninstall(
     assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     assert crd["metadata"]["labels"][INSTANCE] == release
     columns = [col["name"] for col in crd["spec"]["versions"][0]["additionalPrinterColumns"]]
-    assert columns == ["Model", "Version", "Replicas", "Ready", "Status", "Age"]
+    assert columns == ["Model", "Version", "Replicas", "Ready", "Status", "Canary", "Age"]
 
     # RBAC, ServiceAccount, Service, Deployment.
     rbac = client.RbacAuthorizationV1Api(api_client)

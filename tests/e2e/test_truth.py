@@ -254,6 +254,15 @@ CANARY_ROLLOUT: dict[str, Any] = {
     },
 }
 CANARY_RATE = 2.0
+# The good canary walks the usual steps; the window holds enough answers at 10 % of 2/s.
+GOOD_ROLLOUT: dict[str, Any] = {
+    **CANARY_ROLLOUT,
+    "canary": {
+        **CANARY_ROLLOUT["canary"],
+        "steps": [10, 50, 100],
+        "analysis": {**CANARY_ROLLOUT["canary"]["analysis"], "windowSeconds": 45, "minRequests": 5},
+    },
+}
 
 
 def _canary_load(g: Ground) -> LoadGenerator:
@@ -298,22 +307,23 @@ def test_a_good_canary_steps_to_100_is_promoted_and_no_request_fails(
     shares: dict[int, str] = {}
     with _canary_load(g) as load, w.timeline() as line:
         load.wait_for_successes(3, 120)
-        w.patch({"rollout": CANARY_ROLLOUT, "model": {"version": new}})
-        rollout = w.wait("the canary at 50 %", _at_weight(w, 50.0), CONVERGE_S)
+        w.patch({"rollout": GOOD_ROLLOUT, "model": {"version": new}})
+        rollout = w.wait("the canary at 10 %", _at_weight(w, 10.0), CONVERGE_S)
         assert rollout["stableVersion"] == stable and rollout["canaryVersion"] == new
         assert w.svc()["status"]["activeVersion"] == stable
-        t50 = time.monotonic()
-        w.wait("the canary at 100 %", _at_weight(w, 100.0), 300)
-        t100 = time.monotonic()
-        seen = load.snapshot().versions_between(t50, t100)
-        n = sum(seen.values())
-        share = 100.0 * seen.get(new, 0) / max(n, 1)
-        shares[50] = f"{share:.1f} % of {n}"
-        assert abs(share - 50) <= _share_bound(n, 50), seen
-        assert set(seen) <= {stable, new}, seen
+        began_step = time.monotonic()
+        for weight, nxt in ((10, 50), (50, 100)):
+            w.wait(f"the canary at {nxt} %", _at_weight(w, float(nxt)), 300)
+            ended_step = time.monotonic()
+            seen = load.snapshot().versions_between(began_step, ended_step)
+            n = sum(seen.values())
+            share = 100.0 * seen.get(new, 0) / max(n, 1)
+            shares[weight] = f"{share:.1f} % of {n}"
+            assert set(seen) <= {stable, new}, seen
+            assert abs(share - weight) <= _share_bound(n, weight), (weight, seen)
+            began_step = ended_step
         svc = w.wait(f"{new} promoted and settled", w.settled, 300)
-        t_done = time.monotonic()
-        seen = load.snapshot().versions_between(t100 + 5, t_done)
+        seen = load.snapshot().versions_between(began_step + 5, time.monotonic())
         shares[100] = (
             f"{100.0 * seen.get(new, 0) / max(sum(seen.values()), 1):.1f} % of {sum(seen.values())}"
         )
@@ -332,8 +342,9 @@ def test_a_good_canary_steps_to_100_is_promoted_and_no_request_fails(
         assert set(load.snapshot().versions_between(settled_at, time.monotonic())) == {new}
     report = load.report
     _record(
-        g, f"Canary {stable}->{new} (50, 100)", report, line, began,
-        f"canary share at 50 %: {shares[50]}; at 100 %: {shares[100]}; promoted", settled_at,
+        g, f"Canary {stable}->{new} (10, 50, 100)", report, line, began,
+        f"canary share at 10 %: {shares[10]}; at 50 %: {shares[50]}; at 100 %: {shares[100]}; "
+        "promoted", settled_at,
     )  # fmt: skip
     _truthful(line)
     assert report.failed == 0, f"{report.summary()}\nexamples: {report.examples}"
