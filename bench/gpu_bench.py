@@ -128,11 +128,15 @@ def rendered_ours(model_dir: str) -> tuple[dict[str, Any], dict[str, str]]:
     """Our app's args and the Ray containers' env, exactly as the renderer writes them."""
     from llmservice_operator.render import container_env, render_rayservice
     from llmservice_operator.validate import parse
-    from serve_app.local import local_app
+    from serve_app.local import local_apps, models
 
     rayservice = render_rayservice(parse(_our_llmservice(model_dir)))
-    app = local_app(rayservice["spec"]["serveConfigV2"])
-    return app.args, container_env(rayservice)
+    (model,) = models(local_apps(rayservice["spec"]["serveConfigV2"]))
+    # `build` (one application, as the bench deploys it) takes the counts as args; the
+    # rendered config carries them as deployment options.
+    (options,) = model["deployments"]
+    counts = {k: options[k] for k in ("num_replicas", "max_ongoing_requests")}
+    return {**model["args"], "deployment": counts}, container_env(rayservice)
 
 
 def _ray_start(system: str, env: dict[str, str]) -> None:

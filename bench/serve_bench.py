@@ -143,9 +143,7 @@ def _serve_apps(model_dir: Path, port: int) -> tuple[str, str]:
 
     from llmservice_operator.render import render_rayservice
     from llmservice_operator.validate import parse
-    from serve_app.app import build
-    from serve_app.args import LLMAppArgs
-    from serve_app.local import local_app
+    from serve_app.local import deploy_config, local_apps
 
     os.environ.update(ENV)
     ray.init(
@@ -169,15 +167,19 @@ def _serve_apps(model_dir: Path, port: int) -> tuple[str, str]:
     example["spec"]["engine"].update(maxNumSeqs=32)
     example["spec"]["maxOngoingRequests"] = 64
     rendered = render_rayservice(parse(example))
-    app = local_app(rendered["spec"]["serveConfigV2"], model_source=str(model_dir))
-    ours = build(LLMAppArgs.model_validate(app.args))
+    # Ours exactly as KubeRay deploys it: the rendered config, through Serve's declarative API.
+    apps = local_apps(rendered["spec"]["serveConfigV2"], model_source=str(model_dir))
+    deploy_config(apps)
     serve.run_many(
-        [
-            serve.RunTarget(target=stock, name="stock", route_prefix="/stock"),
-            serve.RunTarget(target=ours, name="llm", route_prefix="/"),
-        ],
+        [serve.RunTarget(target=stock, name="stock", route_prefix="/stock")],
         wait_for_applications_running=True,
     )
+    while any(
+        str(getattr(a.status, "value", a.status)) != "RUNNING"
+        for name, a in serve.status().applications.items()
+        if name in {app["name"] for app in apps}
+    ) or not {app["name"] for app in apps} <= set(serve.status().applications):
+        time.sleep(2)
     return f"http://127.0.0.1:{port}/stock/v1", f"http://127.0.0.1:{port}/v1"
 
 

@@ -238,10 +238,11 @@ def reconcile(
             message = f"RayService {name} {action} ({trigger}, spec hash {hash_})"
             kube.post_event(body, "Normal", "Applied", message)
             metrics.APPLIES.labels(action=action).inc()
-            for event in decision.events:  # what the applied layout starts (a step, a rollback)
-                kube.post_event(body, event.type, event.reason, event.message)
     else:
         _confirm(rayservice, live, rs_in_line)
+    if held is None and apply_error is None:
+        for event in decision.events:  # what the rollout decided (a step, a rollback)
+            kube.post_event(body, event.type, event.reason, event.message)
     try:
         # After the RayService: the policy's own watch event then finds both children in place.
         _sync_policy(kube, body, policy, live_policy, trigger, np_in_line)
