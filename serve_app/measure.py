@@ -1,13 +1,16 @@
 """What the router measures per version: the numbers a canary's gate compares. Ray-free.
 
 Every answer is counted once, when it ends, with its outcome; streamed answers also give their
-time to the first chunk (TTFT) and the gaps between chunks (inter-token latency as the client
-sees it: with Ray Serve LLM's stream batching a chunk can hold several tokens). Non-streamed
-answers give their whole latency as TTFT, which is when their first token reaches the client.
+time to the first chunk that carries generated text (TTFT: a chat stream opens with a chunk that
+only names the role, sent before any token) and the gaps between such chunks (inter-token latency
+as the client sees it: with Ray Serve LLM's stream batching a chunk can hold several tokens).
+Non-streamed answers give their whole latency as TTFT, which is when their first token reaches
+the client.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from enum import StrEnum
@@ -38,6 +41,8 @@ LATENCY_BOUNDS: tuple[float, ...] = (
 )  # fmt: skip
 
 _ERROR_EVENT = 'data: {"error"'
+# A non-empty "content" (chat) or "text" (completions) string in an OpenAI stream chunk.
+_GENERATED = re.compile(r'"(?:content|text)"\s*:\s*"(?!")')
 
 
 async def measured_stream(
@@ -52,15 +57,16 @@ async def measured_stream(
     outcome = Outcome.OK
     try:
         async for chunk in chunks:
-            now = time.monotonic()
-            if last is None:
-                on_first(now - started)
-            else:
-                on_gap(now - last)
-            last = now
             text = chunk if isinstance(chunk, str) else bytes(chunk).decode(errors="replace")
             if text.startswith(_ERROR_EVENT):
                 outcome = Outcome.STREAM_ERROR
+            elif _GENERATED.search(text):
+                now = time.monotonic()
+                if last is None:
+                    on_first(now - started)
+                else:
+                    on_gap(now - last)
+                last = now
             yield chunk
     except BaseException:
         outcome = Outcome.STREAM_ERROR

@@ -166,8 +166,10 @@ def ray_session(tiny_model_dir: Path) -> Iterator[RaySession]:
     try:
         ray.init(
             address="local",  # never join a cluster that RAY_ADDRESS may point at
-            # Logical: two apps, each a replica (engine bundle + its own CPU) and an ingress.
-            num_cpus=8,
+            # Logical, not cores: every app's replicas (engine bundle + the replica's own CPU)
+            # must be placeable at once: stock, ours, a canary of two replicas, and the ones
+            # Serve starts while it replaces a replica whose engine a test killed.
+            num_cpus=16,
             num_gpus=0,
             object_store_memory=256 * 1024**2,
             include_dashboard=False,

@@ -60,7 +60,7 @@ def test_outcomes_by_status_code() -> None:
     ]  # fmt: skip
 
 
-def test_a_measured_stream_reports_first_chunk_gaps_and_how_it_ended() -> None:
+def test_a_measured_stream_times_generated_text_and_says_how_it_ended() -> None:
     async def chunks(items: list[str]) -> AsyncIterator[str]:
         for item in items:
             await asyncio.sleep(0.01)
@@ -79,8 +79,14 @@ def test_a_measured_stream_reports_first_chunk_gaps_and_how_it_ended() -> None:
         ]  # fmt: skip
         return first, gaps, ends, out
 
-    first, gaps, ends, out = asyncio.run(run(["data: {}\n\n", "data: {}\n\n", "data: [DONE]\n\n"]))
-    assert len(first) == 1 and len(gaps) == 2 and all(g > 0 for g in gaps)
-    assert ends == [Outcome.OK] and len(out) == 3
+    role = 'data: {"choices":[{"delta":{"role":"assistant","content":""}}]}\n\n'
+    token = 'data: {"choices":[{"delta":{"content":"Hi"}}]}\n\n'
+    text = 'data: {"choices":[{"text":"Hi"}]}\n\n'
+    first, gaps, ends, out = asyncio.run(run([role, token, token, "data: [DONE]\n\n"]))
+    # The role chunk comes before any token: TTFT waits for generated text.
+    assert len(first) == 1 and len(gaps) == 1 and gaps[0] > 0
+    assert ends == [Outcome.OK] and len(out) == 4
+    first, gaps, _, _ = asyncio.run(run([text, text, text]))
+    assert (len(first), len(gaps)) == (1, 2)  # completions stream "text"
     _, _, ends, _ = asyncio.run(run(['data: {"error": {"code": 500}}\n\n']))
     assert ends == [Outcome.STREAM_ERROR]
