@@ -330,10 +330,9 @@ def _check_env(spec: LLMServiceSpec) -> Iterator[FieldError]:
 
 def _check_rollout(spec: LLMServiceSpec) -> Iterator[FieldError]:
     rollout = spec.rollout
-    canary = rollout.canary
+    # Canary settings under another strategy are kept for the next canary, not refused: a
+    # `kubectl patch` of the strategy alone leaves them there.
     if rollout.strategy is not RolloutStrategy.CANARY:
-        if canary is not None:
-            yield FieldError("spec.rollout.canary", "only with strategy Canary")
         return
     if direct_streaming(spec):
         yield FieldError(

@@ -216,3 +216,19 @@ def test_a_spec_too_big_for_the_annotations_is_refused_naming_the_largest_fields
     assert found[0][0] == "spec" and "at most 100 KiB" in found[0][1]
     assert "largest: spec.env 117 KiB" in found[0][1]
     parse(with_spec(env=env[:3]))  # 88 KiB: fine
+
+
+def test_canary_steps_are_checked_and_kept_under_another_strategy() -> None:
+    obj = copy.deepcopy(example_services()["tiny"])
+    obj["spec"]["rollout"] = {"strategy": "Canary", "canary": {"steps": [50, 20, 90]}}
+    with pytest.raises(InvalidSpecError) as info:
+        parse(obj)
+    assert "spec.rollout.canary.steps[1]: steps must rise" in str(info.value)
+    assert "spec.rollout.canary.steps[2]: the last step must be 100" in str(info.value)
+    # `kubectl patch` of the strategy alone leaves the canary block: kept, not refused.
+    obj["spec"]["rollout"] = {"strategy": "BlueGreen", "canary": {"steps": [10, 100]}}
+    assert parse(obj).spec.rollout.canary is not None
+    env = [{"name": "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING", "value": "1"}]
+    obj["spec"].update(rollout={"strategy": "Canary"}, env=env)
+    with pytest.raises(InvalidSpecError, match=r"spec\.rollout\.strategy: Canary splits traffic"):
+        parse(obj)

@@ -507,7 +507,9 @@ class RolloutSpec(_Model):
         ),
     )
     canary: CanarySpec | None = Field(
-        default=None, description="Steps and gate of the Canary strategy (defaults if unset)."
+        default=None,
+        description="Steps and gate of the Canary strategy (defaults if unset; kept, unused, "
+        "under another strategy).",
     )
     paused: bool = Field(
         default=False, description="Hold a canary at its current step (traffic stays as it is)."
