@@ -60,6 +60,10 @@ class Sample:
     serve_version: str | None  # the version the active cluster's Serve app has settled on
     clusters: tuple[str, ...]
     worker_pods: int
+    # Every version Serve runs settled that takes traffic: the stable one, and during a canary
+    # the canary once the router sends it a share (a promotion switches the stable slot while
+    # the router reconfigures, so serve_version alone is briefly None then).
+    serving: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -87,7 +91,10 @@ class Timeline:
         for i, now in enumerate(self.samples):
             if i == 0 or now.active_version in (None, self.samples[i - 1].active_version):
                 continue
-            settled = {s.serve_version for s in self.samples[: i + 1] if now.t - s.t <= lag_s}
+            settled: set[str | None] = set()
+            for s in self.samples[: i + 1]:
+                if now.t - s.t <= lag_s:
+                    settled |= {s.serve_version, *s.serving}
             if now.active_version not in settled:
                 bad.append(now)
         return bad
@@ -103,6 +110,25 @@ class Timeline:
             for s in self.samples[-last:]
         ]
         return "\n".join(rows)
+
+
+def serving_versions(details: dict[str, Any] | None) -> frozenset[str]:
+    """The versions in ``details`` whose application runs settled and which get traffic:
+    a share in the router's deployed config (whatever the router's own state: while it
+    reconfigures, old and new weights both hold), or the one app of direct streaming."""
+    apps = (details or {}).get("applications") or {}
+    router = apps.get(SERVE_APP_NAME) or {}
+    weights: dict[str, float] = {}
+    for options in (router.get("deployed_app_config") or {}).get("deployments") or []:
+        for arm in (options.get("user_config") or {}).get("arms") or []:
+            weights[str(arm["app"])] = float(arm["weight"])
+    names = [a for a, w in weights.items() if w > 0] if weights else [SERVE_APP_NAME]
+    found = set()
+    for name in names:
+        app = parse_serve(details, name)
+        if app is not None and app.settled and app.version is not None:
+            found.add(app.version)
+    return frozenset(found)
 
 
 class World:
@@ -162,7 +188,12 @@ class World:
     def sample(self, t0: float) -> Sample:
         svc = self.svc()
         status = svc.get("status") or {}
-        serve = self.serve()
+        rc = self.active_cluster()
+        details = (
+            None if rc is None
+            else self.kube.serve_details(self.namespace, parse_cluster(rc).head_service)
+        )  # fmt: skip
+        serve = None if details is None else parse_serve(details, SERVE_APP_NAME, self.stable_app())
         return Sample(
             t=time.monotonic() - t0,
             ready=condition(svc, "Ready").get("status", "?"),
@@ -172,6 +203,7 @@ class World:
             pending_version=status.get("pendingVersion"),
             running=None if serve is None else serve.running_replicas,
             serve_version=serve.version if serve is not None and serve.settled else None,
+            serving=serving_versions(details),
             clusters=tuple(sorted(rc["metadata"]["name"] for rc in self.rayclusters())),
             worker_pods=len(self.worker_pods()),
         )
