@@ -109,6 +109,35 @@ def peers(
                 print(f"\n--- {proc.name} log (tail) ---\n{proc.tail()}")
 
 
+def _log_count(proc: OperatorProcess, text: str) -> int:
+    return Path(proc.log).read_text(errors="replace").count(text)
+
+
+def _paused(proc: OperatorProcess) -> bool:
+    """kopf's last word on peering was to pause (it logs each pause and each resume)."""
+    return _log_count(proc, "Pausing operations") > _log_count(proc, "Resuming operations")
+
+
+def _settled_activity(proc: OperatorProcess) -> dict[str, float]:
+    """The standby's activity once a whole resync pass went by without any of it changing."""
+    seen: list[dict[str, float]] = []
+
+    def still() -> bool:
+        now = proc.metrics()
+        seen.append(_activity(now))
+        if len(seen) >= 2 and seen[-1] == seen[-2]:
+            return True
+        proc.wait_metrics(
+            "a resync pass",
+            lambda m, n=now: m.value(RESYNC_PASSES) > n.value(RESYNC_PASSES),
+            4 * TIMER_INTERVAL_S + 30,
+        )
+        return False
+
+    wait_for("the standby's counts to stand still", still, 120)
+    return seen[-1]
+
+
 def _activity(m: Metrics) -> dict[str, float]:
     """Everything an operator counts when it acts on an LLMService."""
     return {name: m.value(name) for name in (RECONCILES, RECONCILE_ERRORS)} | writes(m)
@@ -123,23 +152,36 @@ def test_only_the_leader_acts(
         "the standby's first resync pass", lambda m: m.has(RESYNC_PASSES), 4 * TIMER_INTERVAL_S
     )
     custom = client.CustomObjectsApi(cluster.api_client)
-    # Objects left by earlier tests may have been handled by both peers while they started up;
-    # from here on the standby must do nothing.
-    idle = _activity(standby.metrics())
-    custom.create_namespaced_custom_object(
-        c.GROUP, c.VERSION, namespace, c.PLURAL, llmservice(namespace, name="first")
-    )
-    wait_for("RayService by the leader", lambda: get_rs(custom, namespace, "first"), 60)
-    # Each pass is counted once it is over, so the second pass counted after this read began
-    # after it, when "first" existed: an unpaused standby would have reconciled it by then. Its
-    # kopf handlers, had they not been paused, would have reacted to the create at the time the
-    # leader's did, well before that.
-    before = standby.metrics()
-    after = standby.wait_metrics(
-        "two resync passes after the create",
-        lambda m: m.value(RESYNC_PASSES) >= before.value(RESYNC_PASSES) + 2,
-        4 * TIMER_INTERVAL_S + 30,
-    )
+    # kopf renews a peer's keep-alive 5-10 s before its 60 s lifetime ends; on a loaded machine
+    # a renewal can come late, and the standby then rightly resumes until it sees the leader
+    # again ("Resuming operations" in its log). Such a round proves nothing: measure again.
+    for attempt in range(3):
+        name = "first" if attempt == 0 else f"first-{attempt}"
+        wait_for("standby paused", lambda: _paused(standby), 90)
+        resumes = _log_count(standby, "Resuming operations")
+        # Objects left by earlier tests may have been handled by both peers while they started
+        # up, and handlers already running when kopf paused still finish (kopf pauses its
+        # watch-streams, it does not cancel work under way): once the standby's counts stand
+        # still over a whole resync pass, it must do nothing more.
+        idle = _settled_activity(standby)
+        custom.create_namespaced_custom_object(
+            c.GROUP, c.VERSION, namespace, c.PLURAL, llmservice(namespace, name=name)
+        )
+        wait_for("RayService by the leader", lambda n=name: get_rs(custom, namespace, n), 60)
+        # Each pass is counted once it is over, so the second pass counted after this read
+        # began after it, when the object existed: an unpaused standby would have reconciled
+        # it by then. Its kopf handlers, had they not been paused, would have reacted to the
+        # create at the time the leader's did, well before that.
+        before = standby.metrics()
+        after = standby.wait_metrics(
+            "two resync passes after the create",
+            lambda m, b=before: m.value(RESYNC_PASSES) >= b.value(RESYNC_PASSES) + 2,
+            4 * TIMER_INTERVAL_S + 30,
+        )
+        if _log_count(standby, "Resuming operations") == resumes:
+            break
+    else:
+        pytest.fail("the leader's keep-alive lapsed in each of 3 rounds")
     passes = after.value(RESYNC_PASSES) - before.value(RESYNC_PASSES)
     skipped = after.value(RESYNC_PASSES, outcome="standby") - before.value(
         RESYNC_PASSES, outcome="standby"
@@ -147,7 +189,7 @@ def test_only_the_leader_acts(
     assert skipped == passes, f"the standby ran {passes - skipped:g} resync passes under a leader"
     assert _activity(after) == idle, "the standby reconciled while a leader was alive"
     events = client.CoreV1Api(cluster.api_client).list_namespaced_event(namespace).items
-    applied = [e for e in events if e.reason == "Applied" and e.involved_object.name == "first"]
+    applied = [e for e in events if e.reason == "Applied" and e.involved_object.name == name]
     # One apply of each child (RayService, NetworkPolicy): the standby applied nothing.
     assert sorted(str(e.message).split()[0] for e in applied) == ["NetworkPolicy", "RayService"], [
         e.message for e in applied
