@@ -40,7 +40,7 @@ operator-lock: venv ## Re-resolve requirements/operator.txt, the operator image'
 	$(PY) hack/lock-operator.py
 
 .PHONY: tools
-tools: ## Go-built etcd, Kubernetes, KubeRay, KWOK and helm binaries in bin/
+tools: ## Go-built etcd, Kubernetes, KubeRay, KWOK, helm and actionlint binaries in bin/
 	@bash hack/build-tools.sh
 
 .PHONY: model
@@ -78,10 +78,19 @@ golden: venv ## Rewrite the rendering golden files (review the diff before commi
 # --- checks and tests -----------------------------------------------------
 
 .PHONY: lint
-lint: venv ## ruff + mypy
+lint: venv check-versions lint-workflows ## ruff + mypy, versions, workflows
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+
+.PHONY: check-versions
+check-versions: venv ## Fail if a version in the repository differs from pyproject.toml's
+	$(PY) hack/check-versions.py
+
+.PHONY: lint-workflows
+lint-workflows: ## actionlint on .github/workflows (shell checks only where shellcheck is installed)
+	@bash hack/build-tools.sh actionlint
+	bin/actionlint
 
 .PHONY: test-unit
 test-unit: venv tools ## Unit tests (no cluster; the chart tests run bin/helm)

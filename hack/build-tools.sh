@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Builds the test ground's Go binaries from the modules pinned under hack/tools/
-# and links them into bin/. Each module's output lives in bin/<module>-<key>/,
-# where <key> hashes go.mod, go.sum and the Go version: a second run with the
-# same pins builds nothing, a changed pin builds only that module.
+# Builds the test ground's Go binaries and the workflow linter (actionlint) from the modules
+# pinned under hack/tools/ and links them into bin/. Each module's output lives in
+# bin/<module>-<key>/, where <key> hashes go.mod, go.sum and the Go version: a second run with
+# the same pins builds nothing, a changed pin builds only that module.
+#
+#   hack/build-tools.sh                  every module
+#   hack/build-tools.sh helm actionlint  only these (module names: the folders of hack/tools/)
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -21,6 +24,9 @@ k8s_minor=$(echo "$k8s_version" | cut -d. -f2)
 k8s_ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$k8s_version \
 -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$k8s_minor \
 -X k8s.io/client-go/pkg/version.gitVersion=$k8s_version"
+# actionlint reports the main module's version, (devel) here: give it its pinned one.
+actionlint_version=$(awk '$1=="require" && $2=="github.com/rhysd/actionlint" {print $3}' "$root/hack/tools/actionlint/go.mod")
+actionlint_ldflags="-s -w -X github.com/rhysd/actionlint.version=$actionlint_version"
 
 # module dir -> command packages (one line each: <module> <package>...)
 tools=(
@@ -29,6 +35,7 @@ tools=(
   "kuberay github.com/ray-project/kuberay/ray-operator"
   "kwok sigs.k8s.io/kwok/cmd/kwok"
   "helm helm.sh/helm/v3/cmd/helm"
+  "actionlint github.com/rhysd/actionlint/cmd/actionlint"
 )
 
 build_module() {
@@ -45,6 +52,7 @@ build_module() {
     rm -rf "$tmp" && mkdir -p "$tmp"
     local ldflags="-s -w"
     [ "$name" = kubernetes ] && ldflags=$k8s_ldflags
+    [ "$name" = actionlint ] && ldflags=$actionlint_ldflags
     (cd "$dir" && go build -trimpath -ldflags "$ldflags" -o "$tmp/" "$@") \
       || die "go build of hack/tools/$name failed (see the compiler output above)"
     # go names a binary after its package path; give the two odd ones their usual names.
@@ -65,7 +73,15 @@ build_module() {
   done
 }
 
+# Module names (each entry's first word), space-delimited on both sides for whole-word matches.
+names=" "
+for entry in "${tools[@]}"; do names+="${entry%% *} "; done
+for want in "$@"; do
+  [[ $names == *" $want "* ]] || die "unknown module '$want' (one of:$names)"
+done
 for entry in "${tools[@]}"; do
+  # With arguments, only the modules they name.
+  [ $# -gt 0 ] && [[ " $* " != *" ${entry%% *} "* ]] && continue
   # shellcheck disable=SC2086
   build_module $entry
 done
