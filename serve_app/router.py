@@ -14,8 +14,10 @@ replicas. Here a canary is an application of its own, and the weights are the ro
 from __future__ import annotations
 
 import contextvars
+import logging
 import random
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ray import serve
@@ -37,11 +39,15 @@ if TYPE_CHECKING:
 # The arm chosen for the request being handled: set around the stock request path, read where
 # the stock ingress asks for the model's handle (same task, so the same context).
 _ARM: contextvars.ContextVar[ArmArgs] = contextvars.ContextVar("llmservice_arm")
+log = logging.getLogger("ray.serve")
 
 
 class SplitIngress(OpenAiIngress):  # type: ignore[misc]  # untyped in Ray
     def __init__(self, args: dict[str, Any]) -> None:
         router = RouterArgs.model_validate(args)
+        # Which copy of serve_app runs (the pods mount the operator's as a ConfigMap on their
+        # PYTHONPATH, ahead of any in the image): in the replica's log, for whoever wonders.
+        log.info("serve_app loaded from %s", Path(__file__).parent)
         # The stock ingress keeps one handle per model; ours are per arm (see reconfigure).
         super().__init__(
             llm_deployments={router.model_id: None},

@@ -26,6 +26,8 @@ LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
 LABEL_LLMSERVICE: Final = f"{GROUP}/name"
 LABEL_MODEL_VERSION: Final = f"{GROUP}/model-version"
 LABEL_POOL: Final = f"{GROUP}/pool"
+# The digest of the serve_app code a pod mounts (render/code.py).
+LABEL_SERVE_APP: Final = f"{GROUP}/serve-app"
 
 ANNOTATION_SPEC_HASH: Final = f"{GROUP}/spec-hash"
 

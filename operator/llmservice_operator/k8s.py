@@ -320,6 +320,26 @@ class Kube:
             )
             return cast(dict[str, Any], self.core.api_client.sanitize_for_serialization(applied))
 
+    def create_configmap(self, obj: Mapping[str, Any]) -> bool:
+        """Create the ConfigMap unless one of that name exists (True: created). For immutable
+        ConfigMaps named by their contents, where existing means in place."""
+        meta = obj["metadata"]
+        with classified(
+            f"create ConfigMap {meta['namespace']}/{meta['name']}", "create", "configmaps"
+        ):
+            try:
+                self.core.create_namespaced_config_map(
+                    meta["namespace"],
+                    cast(Any, dict(obj)),  # the client sends a dict body as it is
+                    field_manager=c.FIELD_MANAGER,
+                    _request_timeout=REQUEST_TIMEOUT_S,
+                )
+            except ApiException as exc:
+                if exc.status == 409:
+                    return False
+                raise
+            return True
+
     def delete_networkpolicy(self, namespace: str, name: str, uid: str) -> None:
         """Delete our NetworkPolicy (UID precondition: never a same-named successor)."""
         with classified(f"delete NetworkPolicy {namespace}/{name}", "delete", "networkpolicies"):

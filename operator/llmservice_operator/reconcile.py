@@ -74,6 +74,41 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+class CodeConfigMaps:
+    """Which namespaces have the serve_app ConfigMap (render/code.py), as this process knows.
+
+    A create per namespace and code digest, not per reconcile: at 10,000 LLMServices in one
+    namespace that is one write. A resync looks again every RECHECK_S (a ConfigMap someone
+    deleted is back within that; pods that restart meanwhile wait in ContainerCreating).
+    """
+
+    RECHECK_S = 300.0
+
+    def __init__(self) -> None:
+        self._ensured: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()
+
+    def ensure(self, kube: Kube, configmap: Mapping[str, Any], recheck: bool = False) -> None:
+        meta = configmap["metadata"]
+        key = (meta["namespace"], meta["name"])
+        now = time.monotonic()
+        with self._lock:
+            last = self._ensured.get(key)
+        if last is not None and not (recheck and now - last >= self.RECHECK_S):
+            return
+        if kube.create_configmap(configmap):
+            log.info("ConfigMap %s/%s created (serve_app code)", *key)
+        with self._lock:
+            self._ensured[key] = now
+
+    def clear(self) -> None:
+        with self._lock:
+            self._ensured.clear()
+
+
+CODE = CodeConfigMaps()
+
+
 def _owned(child: dict[str, Any], owner: Mapping[str, Any]) -> dict[str, Any]:
     # Not kopf.adopt(): it also copies the owner's labels, which would copy Argo CD's tracking
     # label onto the RayService and make Argo CD treat (and prune) it as its own resource.
@@ -178,8 +213,10 @@ def reconcile(
         metrics.RECONCILES.labels(result="invalid").inc()
         raise kopf.PermanentError(f"invalid spec: {message}") from None
 
-    rayservice, *rest = [_owned(child, body) for child in render(svc)]
-    policy = rest[0] if rest else None
+    children = {obj["kind"]: obj for obj in render(svc)}
+    code = children.pop("ConfigMap")  # shared by the namespace: no owner (render/code.py)
+    rayservice = _owned(children["RayService"], body)
+    policy = _owned(children["NetworkPolicy"], body) if "NetworkPolicy" in children else None
     name, namespace = rayservice["metadata"]["name"], rayservice["metadata"]["namespace"]
     fresh = trigger == "resync"
     try:
@@ -227,6 +264,7 @@ def reconcile(
     elif needs_apply:
         action = "created" if live is None else "updated"
         try:
+            CODE.ensure(kube, code, recheck=fresh)  # before the pods that mount it
             live = kube.apply_rayservice(rayservice)
             CHILDREN.written(live, rayservice["spec"])
         except kopf.PermanentError as exc:
@@ -240,6 +278,10 @@ def reconcile(
             metrics.APPLIES.labels(action=action).inc()
     else:
         _confirm(rayservice, live, rs_in_line)
+        try:  # running pods may restart: their code must be there (someone may delete it)
+            CODE.ensure(kube, code, recheck=fresh)
+        except kopf.PermanentError as exc:
+            apply_error = str(exc)
     if held is None and apply_error is None:
         for event in decision.events:  # what the rollout decided (a step, a rollback)
             kube.post_event(body, event.type, event.reason, event.message)

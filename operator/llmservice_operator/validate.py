@@ -317,6 +317,8 @@ def _check_env(spec: LLMServiceSpec) -> Iterator[FieldError]:
         src = var.value_from
         if src is None:
             continue
+        if var.name == "PYTHONPATH":  # render puts serve_app's mount first on the literal value
+            yield FieldError(f"spec.env[{i}].valueFrom", "PYTHONPATH must be a literal value")
         if var.value is not None:
             yield FieldError(f"spec.env[{i}]", "set value or valueFrom, not both")
         if (src.secret_key_ref is None) == (src.config_map_key_ref is None):

@@ -125,8 +125,14 @@ def test_kuberay_accepts_every_rendered_rayservice(
     cluster: LocalCluster, namespace: str, case: str
 ) -> None:
     custom = client.CustomObjectsApi(cluster.api_client)
-    rayservice, policy = render(parse(_in(namespace, EXAMPLES[case])))
-    # The NetworkPolicy against the real networking/v1 schema, unknown fields refused.
+    rayservice, policy, code = render(parse(_in(namespace, EXAMPLES[case])))
+    # The code ConfigMap and the NetworkPolicy against the real v1 schemas, unknown fields
+    # refused (an immutable ConfigMap: created once, as the operator does).
+    core = client.CoreV1Api(cluster.api_client)
+    made_cm = core.create_namespaced_config_map(
+        namespace, code, dry_run="All", field_validation="Strict"
+    )
+    assert made_cm.immutable and made_cm.data == code["data"]
     net = client.NetworkingV1Api(cluster.api_client)
     for dry_run in ("All", None):
         made = net.create_namespaced_network_policy(

@@ -19,6 +19,7 @@ from kubernetes import client
 
 from llmservice_operator import capacity
 from llmservice_operator import constants as c
+from llmservice_operator.render.code import CODE_ROOT, packaged
 from tests.cluster.ground.nodes import POOL_LABEL, NodePool, node_manifest
 from tests.cluster.objects import condition
 from tests.e2e.conftest import Ground
@@ -156,6 +157,38 @@ def test_every_ray_pod_runs_its_own_ray_node(ground_world: Ground) -> None:
         cpu = float(parse_quantity(pod.spec.containers[0].resources.limits["cpu"]))
         want = 0.0 if pod.metadata.labels["ray.io/node-type"] == "head" else cpu  # num-cpus 0
         assert by_ip[pod.status.pod_ip].get("CPU", 0.0) == want, (pod.metadata.name, by_ip)
+
+
+def test_the_serving_code_comes_from_the_operators_configmap(ground_world: Ground) -> None:
+    """serve_app reaches the pods as the operator's ConfigMap (render/code.py), mounted and put
+    first on PYTHONPATH: the router replica says where it imported serve_app from, and that is
+    the mounted copy, not this repository's (also on the Ray nodes' path, after it)."""
+    g, w = ground_world, ground_world.world
+    g.ensure_created(CONVERGE_S)
+    code = packaged()
+    cm = w.core.read_namespaced_config_map(code.configmap_name, w.namespace)
+    assert cm.immutable and cm.data == dict(code.files)
+    assert not cm.metadata.owner_references  # shared by the namespace's LLMServices
+    pods = [p for p in w.core.list_namespaced_pod(
+        w.namespace, label_selector=f"llmservice.dev/name={w.name}"
+    ).items if p.metadata.deletion_timestamp is None]  # fmt: skip
+    for pod in pods:
+        volumes = {v.name: v for v in pod.spec.volumes}
+        assert volumes["serve-app"].config_map.name == code.configmap_name, pod.metadata.name
+        assert pod.metadata.labels["llmservice.dev/serve-app"] == code.digest
+
+    def loaded_from() -> set[str]:
+        found = set()
+        for node in g.runner.nodes():
+            for log in node.temp_dir.glob("session_*/logs/serve/replica_*OpenAIRouter*.log"):
+                for line in log.read_text(errors="replace").splitlines():
+                    if "serve_app loaded from " in line:
+                        found.add(line.split("serve_app loaded from ", 1)[1].strip())
+        if not found:
+            raise NotYet("no router replica log names where serve_app came from yet")
+        return found
+
+    assert w.wait("the router's log line", loaded_from, 120) == {f"{CODE_ROOT}/serve_app"}
 
 
 def test_scale_up_and_down_reaches_pods_and_serve_under_load(ground_world: Ground) -> None:
@@ -405,6 +438,69 @@ def test_a_canary_that_fails_requests_is_rolled_back_by_the_gate(ground_world: G
         f"{failed.get('http_400', 0)} canary 400s (bound {bound:.0f})", settled_at,
     )  # fmt: skip
     _healthy_once_settled(report, settled_at)
+
+
+# The slow canary's load: prompts of ~400 tokens that share no prefix (so the prefix cache
+# cannot hide a prefill), still inside the tiny model's 512-token context with 8 out.
+LONG_PROMPT = "Count from one to twenty. " * 24
+
+
+def test_a_slow_canary_is_rolled_back_on_the_latency_gate(ground_world: Ground) -> None:
+    """A real engine setting that raises latency: a token budget of 2 per engine step
+    (`max_num_batched_tokens`), so vLLM prefills a prompt in chunks of two tokens. Answers stay
+    correct, only slow: the TTFT gate rolls it back, and no request fails."""
+    g, w = ground_world, ground_world.world
+    g.ensure_created(CONVERGE_S)
+    svc = w.svc()
+    stable = svc["status"]["activeVersion"]
+    engine = dict(svc["spec"].get("engine") or {})
+    slow = f"{stable}-slow"
+    slow_engine = {**engine, "maxNumSeqs": 2, "extraArgs": {"max_num_batched_tokens": 2}}
+    # The ratio gate alone (the shared gate's 10x is wide for two engines on two cores) plus an
+    # absolute cap a prefill of ~400 tokens at two per step cannot meet.
+    gate = {**CANARY_ROLLOUT["canary"]["analysis"], "maxTtftP95Seconds": 0.25}
+    rollout = {**CANARY_ROLLOUT, "canary": {**CANARY_ROLLOUT["canary"], "analysis": gate}}
+    began = time.monotonic()
+    load = LoadGenerator(
+        g.base_url, g.model, rate_per_s=CANARY_RATE, max_tokens=8, timeout_s=120,
+        prompt=LONG_PROMPT, unique_prompts=True, max_duration_s=1500,
+        extra_body={"min_tokens": 8},
+    )  # fmt: skip
+    with load, w.timeline() as line:
+        load.wait_for_successes(3, 120)
+        w.patch({"rollout": rollout, "model": {"version": slow}, "engine": slow_engine})
+        w.wait("the canary at 50 %", _at_weight(w, 50.0), CONVERGE_S)
+        t50 = time.monotonic()
+
+        def rolled_back() -> dict[str, Any]:
+            svc = w.svc()
+            degraded = condition(svc, "Degraded")
+            if degraded.get("reason") != "CanaryRolledBack" or degraded.get("status") != "True":
+                raise NotYet(f"Degraded: {degraded}; rollout: {_rollout(w).get('message')}")
+            return svc
+
+        svc = w.wait("rolled back on latency", rolled_back, 300)
+        detected = time.monotonic() - t50
+        analysis = svc["status"]["rollout"]["lastAnalysis"]
+        assert analysis["verdict"] == "Fail" and "TTFT" in analysis["reason"], analysis
+        # The breach is the setting's doing, not noise: no errors, and the canary's TTFT p95
+        # several times the stable's, measured over the same window.
+        canary, stable_stats = analysis["canary"], analysis["stable"]
+        assert canary["errors"] == 0, analysis
+        assert canary["ttftP95Seconds"] >= 3 * stable_stats["ttftP95Seconds"], analysis
+        assert svc["status"]["activeVersion"] == stable
+        w.wait("the canary's app removed", lambda: not _rollout(w).get("canaryApp"), 120)
+        w.patch({"model": {"version": stable}, "engine": engine})
+        w.wait("settled on the stable version", w.settled, 300)
+        settled_at = time.monotonic()
+        load.wait_for_successes(5, 120)
+    report = load.report
+    _record(
+        g, f"Canary {stable}->{slow} (2 tokens per engine step): rolled back", report, line,
+        began, f"rolled back {detected:.0f}s after 50 %: {analysis['reason']}", settled_at,
+    )  # fmt: skip
+    _truthful(line)
+    assert report.failed == 0, f"{report.summary()}\nexamples: {report.examples}"
 
 
 def test_reverting_the_spec_mid_canary_goes_back_to_stable_without_a_failed_request(

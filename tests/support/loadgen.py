@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import math
 import threading
 import time
@@ -150,6 +151,7 @@ class LoadGenerator:
         max_in_flight: int = 32,
         max_duration_s: float = 600.0,
         extra_body: Mapping[str, object] | None = None,
+        unique_prompts: bool = False,
     ) -> None:
         if rate_per_s <= 0 or max_tokens < 1 or timeout_s <= 0:
             raise ValueError("rate_per_s and timeout_s must be > 0, max_tokens >= 1")
@@ -165,6 +167,10 @@ class LoadGenerator:
         self.max_duration_s = max_duration_s
         # e.g. {"min_tokens": 4} for vLLM: random-weight models may emit EOS at once.
         self.extra_body = dict(extra_body) if extra_body else None
+        # Each prompt opens with its own number, so no request reuses another's prefix cache
+        # (real traffic rarely repeats a whole prompt; a prefill cost is then paid every time).
+        self.unique_prompts = unique_prompts
+        self._numbers = itertools.count()
 
         # Everything below is written by the loop thread and read by callers: under _cond.
         self._cond = threading.Condition()
@@ -372,6 +378,11 @@ class LoadGenerator:
                     self._stop_event.wait(), timeout=min(next_at, deadline) - time.monotonic()
                 )
 
+    def _prompt(self) -> str:
+        if not self.unique_prompts:
+            return self.prompt
+        return f"Request {next(self._numbers)}. {self.prompt}"
+
     async def _one(self, client: AsyncOpenAI, started: float) -> None:
         from openai import APIConnectionError, APIStatusError, APITimeoutError
 
@@ -387,7 +398,7 @@ class LoadGenerator:
             async with asyncio.timeout(self.timeout_s):
                 stream = await client.chat.completions.create(
                     model=self.model,
-                    messages=[{"role": "user", "content": self.prompt}],
+                    messages=[{"role": "user", "content": self._prompt()}],
                     max_tokens=self.max_tokens,
                     stream=True,
                     extra_body=self.extra_body,

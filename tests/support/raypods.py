@@ -257,6 +257,29 @@ def container_env(pod: Mapping[str, Any]) -> tuple[dict[str, str], tuple[str, ..
     return env, tuple(pod_ip_names)
 
 
+@dataclass(frozen=True)
+class ConfigMapMount:
+    """A configMap volume the Ray container mounts (what a kubelet would project)."""
+
+    volume: str
+    configmap: str
+    target: str
+
+
+def configmap_mounts(pod: Mapping[str, Any]) -> list[ConfigMapMount]:
+    """The Ray container's mounts of configMap volumes (whole maps; items and subPath unused)."""
+    spec = pod.get("spec") or {}
+    sources = {
+        v["name"]: v["configMap"]["name"] for v in spec.get("volumes") or [] if "configMap" in v
+    }
+    container = spec["containers"][0]
+    return [
+        ConfigMapMount(m["name"], sources[m["name"]], m["mountPath"])
+        for m in container.get("volumeMounts") or []
+        if m["name"] in sources
+    ]
+
+
 def group_start_params(
     raycluster: Mapping[str, Any], role: str, group: str | None
 ) -> dict[str, str]:
@@ -341,8 +364,13 @@ def node_env(
         # Addresses stay (the head's RAY_ADDRESS is 127.0.0.1:6379, which works in its netns).
         if name in env and gcs_host and not _is_ip(_host(env[name])):
             env[name] = f"{gcs_host}:{GCS_PORT}" if name == HEAD_ADDRESS_ENV else gcs_host
+    # The pod's own path first (code it mounts, e.g. serve_app's ConfigMap), then this repo.
     env["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+        [
+            *filter(None, [request.env.get("PYTHONPATH")]),
+            str(REPO_ROOT),
+            *filter(None, [os.environ.get("PYTHONPATH")]),
+        ]
     )
     env["PATH"] = os.pathsep.join([str(RAY_BIN.parent), os.environ.get("PATH", "/usr/bin:/bin")])
     return env
@@ -531,6 +559,7 @@ class RayNode:
     veth: str
     temp_dir: Path
     log_path: Path
+    mounts: tuple[Mount, ...] = ()  # the pod's own volumes (configMaps), after the runner's
     proc: subprocess.Popen[bytes] | None = None
     head_ip: str | None = None  # the GCS this worker joined
     head_uid: str | None = None  # ... and the head pod it belongs to
@@ -759,6 +788,9 @@ class RayPodRunner:
         if key not in rayclusters:
             rayclusters[key] = self._read_raycluster(*key)
         request = node_request(pod, rayclusters[key])
+        mounts = self._project_configmaps(pod)
+        if mounts is None:
+            return None  # as a kubelet would: the pod waits for its ConfigMap
         ip = self._free_ip()
         suffix = "-".join(ip.split(".")[2:])
         node = RayNode(
@@ -768,6 +800,7 @@ class RayPodRunner:
             veth=VETH_PREFIX + suffix,
             temp_dir=RAY_TMP_ROOT / suffix,
             log_path=self.log_dir / f"{name}.log",
+            mounts=tuple(mounts),
         )
         try:
             netns_up(node.netns, node.veth, f"{ip}/{self.network.prefixlen}", self.bridge)
@@ -782,6 +815,31 @@ class RayPodRunner:
             self._nodes[uid] = node
         log.info("%s %s: netns %s, address %s", request.role, request.pod, node.netns, ip)
         return node
+
+    def _project_configmaps(self, pod: Mapping[str, Any]) -> list[Mount] | None:
+        """Each configMap volume of the pod written out as files (key -> file), to be bind-
+        mounted at its mountPath; None while one of the ConfigMaps does not exist."""
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        core = client.CoreV1Api(self._api)
+        namespace, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+        mounts = []
+        for want in configmap_mounts(pod):
+            try:
+                cm = core.read_namespaced_config_map(want.configmap, namespace, _request_timeout=10)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+                log.info("pod %s/%s: waiting for ConfigMap %s", namespace, name, want.configmap)
+                return None
+            folder = self.log_dir / "volumes" / namespace / name / want.volume
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            for key, text in (cm.data or {}).items():
+                (folder / key).write_text(text)
+            mounts.append(Mount(folder, want.target))
+        return mounts
 
     def _read_raycluster(self, namespace: str, name: str) -> Any:
         from kubernetes import client
@@ -910,7 +968,7 @@ class RayPodRunner:
             "ip", "netns", "exec", node.netns,
             # A private mount namespace: the bind mounts are this node's alone.
             "unshare", "--mount", "--propagation", "private",
-            "sh", "-c", mount_script(self.mounts), "sh", *argv,
+            "sh", "-c", mount_script([*self.mounts, *node.mounts]), "sh", *argv,
         ]  # fmt: skip
         if node.log_file is None:
             node.log_file = node.log_path.open("ab")

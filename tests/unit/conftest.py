@@ -12,6 +12,7 @@ from llmservice_operator import reconcile
 @pytest.fixture(autouse=True)
 def _fresh_operator_state() -> Iterator[None]:
     reconcile.CHILDREN.clear()
+    reconcile.CODE.clear()
     reconcile._LOCKS.clear()
     reconcile._RECONCILED.clear()
     yield

@@ -60,6 +60,8 @@ class FakeKube:
         # (nodes, pods) for the capacity check; None: not allowed to list them
         self.metrics: dict[tuple[str, str], list[str]] = {}  # (ns, cluster) -> pods' /metrics
         self.room: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None = None
+        self.configmaps: dict[tuple[str, str], dict[str, Any]] = {}
+        self.configmap_creates = 0  # create calls, whether or not one existed
 
     # --- the Kube facade -----------------------------------------------------------
     def get_rayservice(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -119,6 +121,16 @@ class FakeKube:
         self.networkpolicies[(meta["namespace"], meta["name"])] = new
         self.policy_writes.append(("apply", meta["name"]))
         return copy.deepcopy(new)
+
+    def create_configmap(self, obj: Mapping[str, Any]) -> bool:
+        if self.apply_hook is not None:
+            self.apply_hook(obj)
+        self.configmap_creates += 1
+        key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
+        if key in self.configmaps:
+            return False
+        self.configmaps[key] = copy.deepcopy(dict(obj))
+        return True
 
     def delete_networkpolicy(self, namespace: str, name: str, uid: str) -> None:
         live = self.networkpolicies.get((namespace, name))

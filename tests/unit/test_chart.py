@@ -48,6 +48,7 @@ NAMESPACED_RULES = {
     ("ray.io", "rayclusters"): {"get", "patch"},
     ("networking.k8s.io", "networkpolicies"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "pods"): {"list"},
+    ("", "configmaps"): {"create"},
     ("", "services/proxy"): {"get"},
     ("", "pods/proxy"): {"get"},
     ("", "events"): {"create", "list"},

@@ -8,17 +8,21 @@ import pytest
 import yaml
 
 from llmservice_operator.cli import main
+from llmservice_operator.render.code import packaged
 from tests.unit.examples import EXAMPLES
 
 TINY = str(EXAMPLES / "tiny.yaml")
 
 
-def test_render_prints_rayservice_then_networkpolicy(capsys: pytest.CaptureFixture[str]) -> None:
+def test_render_prints_rayservice_networkpolicy_and_code(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     assert main(["render", "-f", TINY]) == 0
     objs = list(yaml.safe_load_all(capsys.readouterr().out))
     assert [(o["kind"], o["metadata"]["name"]) for o in objs] == [
         ("RayService", "tiny"),
         ("NetworkPolicy", "tiny"),
+        ("ConfigMap", packaged().configmap_name),
     ]
 
 

@@ -15,6 +15,7 @@ from llmservice_operator.canary import wanted
 from llmservice_operator.observe import live_arms
 from llmservice_operator.plan import plan
 from llmservice_operator.render import Layout, render, render_rayservice
+from llmservice_operator.render.code import CodeBundle
 from llmservice_operator.rollout import View, decide
 from llmservice_operator.validate import parse
 from llmservice_operator.yamlio import dump_all
@@ -22,6 +23,14 @@ from tests.unit.examples import ROOT, example_services
 
 GOLDEN = ROOT / "tests" / "golden"
 CASES = example_services()
+# A fixed stand-in for serve_app's sources: the golden files pin how code is delivered (the
+# ConfigMap, its mount, PYTHONPATH), not the code itself, which changes with every edit.
+CODE = CodeBundle(
+    {
+        "__init__.py": '"""serve_app (golden stand-in)."""\n',
+        "app.py": "def build(args):\n    ...\n",
+    }
+)
 
 
 def _file_name(obj: dict[str, Any]) -> str:
@@ -40,7 +49,7 @@ def _canary_at_10() -> list[dict[str, Any]]:
     assert started.layout is not None
     stable, canary = started.layout.arms
     at_10 = (dataclasses.replace(stable, weight=90.0), dataclasses.replace(canary, weight=10.0))
-    return render(new, Layout(at_10, started.layout.sticky_header))
+    return render(new, Layout(at_10, started.layout.sticky_header), CODE)
 
 
 # Rendered from a rollout's layout rather than from an example alone.
@@ -54,7 +63,9 @@ def test_every_example_has_a_case() -> None:
 
 @pytest.mark.parametrize("case", sorted(CASES) + sorted(LAYOUT_CASES))
 def test_render_matches_golden(case: str, request: pytest.FixtureRequest) -> None:
-    rendered = LAYOUT_CASES[case]() if case in LAYOUT_CASES else render(parse(CASES[case]))
+    rendered = (
+        LAYOUT_CASES[case]() if case in LAYOUT_CASES else render(parse(CASES[case]), code=CODE)
+    )
     folder = GOLDEN / case
     if request.config.getoption("--update-golden"):
         folder.mkdir(parents=True, exist_ok=True)

@@ -33,6 +33,7 @@ class FakeServer(ThreadingHTTPServer):
         self.mode = "ok"
         self.hang_s = 2.0
         self.hits = 0
+        self.prompts: list[str] = []
         self.lock = threading.Lock()
 
     @property
@@ -72,9 +73,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_chunk(_chunk({"role": "assistant", "content": ""}))
 
     def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
         with self.server.lock:
             self.server.hits += 1
+            self.server.prompts.append(body["messages"][-1]["content"])
             mode = self.server.mode
         if mode == "503":
             body = json.dumps({"error": {"message": "no healthy replicas", "code": 503}})
@@ -145,6 +147,23 @@ def test_ok_counts_successes_and_latencies(server: FakeServer) -> None:
     assert 0 < r.ttft_p50_s <= r.ttft_p95_s <= r.latency_p95_s
     assert r.latency_p50_s <= r.latency_p95_s
     assert f"ok {r.succeeded}, failed 0" in r.summary() and "\n" not in r.summary()
+
+
+def test_unique_prompts_share_no_prefix_and_keep_the_prompt(server: FakeServer) -> None:
+    with _gen(server, prompt="Count.", unique_prompts=True) as gen:
+        gen.wait_for_successes(5, timeout=WAIT_S)
+    with server.lock:
+        prompts = list(server.prompts)
+    assert len(set(prompts)) == len(prompts) >= 5
+    assert all(p.endswith(" Count.") for p in prompts)
+    assert len({p.split()[1] for p in prompts}) == len(prompts)  # they differ from the start
+
+
+def test_prompts_repeat_by_default(server: FakeServer) -> None:
+    with _gen(server, prompt="Count.") as gen:
+        gen.wait_for_successes(3, timeout=WAIT_S)
+    with server.lock:
+        assert set(server.prompts) == {"Count."}
 
 
 def _run_until_failures(server: FakeServer, n: int, **kw: Any) -> LoadReport:

@@ -82,5 +82,6 @@ def test_validate_and_render_never_crash(spec: dict[str, Any]) -> None:
         return
     rs, *rest = render(svc)
     assert rs["kind"] == "RayService"
-    assert [o["kind"] for o in rest] == ["NetworkPolicy"] * svc.spec.network_policy.enabled
+    policies = ["NetworkPolicy"] * svc.spec.network_policy.enabled
+    assert [o["kind"] for o in rest] == [*policies, "ConfigMap"]
     yaml.safe_load(rs["spec"]["serveConfigV2"])

@@ -619,3 +619,50 @@ def test_a_canary_whose_replica_does_not_fit_waits_for_room_and_starts_nothing()
     assert status["rollout"]["phase"] == "Progressing"
     group = kube.rayservices[(NS, "tiny")]["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
     assert group["replicas"] == 3
+
+
+# --- serve_app's ConfigMap (render/code.py) ------------------------------------------------
+
+
+def test_the_code_configmap_is_created_before_the_rayservice_once_per_namespace() -> None:
+    kube = FakeKube()
+    order: list[str] = []
+    kube.apply_hook = lambda obj: order.append(obj["kind"])
+    reconcile(kube, tiny(), "create")
+    assert order == ["ConfigMap", "RayService", "NetworkPolicy"]
+    ((ns, name),) = kube.configmaps
+    rs = kube.rayservices[(NS, "tiny")]
+    volumes = rs["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["volumes"]
+    assert ns == NS and {"name": "serve-app", "configMap": {"name": name}} in volumes
+    other = tiny()
+    other["metadata"].update(name="other", uid="u2")
+    reconcile(kube, other, "create")
+    reconcile(kube, tiny(replicas=2), "update")
+    assert kube.configmap_creates == 1  # one namespace, one code: one write in all
+
+
+def test_a_resync_puts_back_a_deleted_code_configmap(monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmservice_operator import reconcile as module
+
+    kube = FakeKube()
+    reconcile(kube, tiny(), "create")
+    kube.configmaps.clear()  # someone deleted it; the RayService is in line
+    reconcile(kube, tiny(), "resync")
+    assert not kube.configmaps  # rechecked only every RECHECK_S
+    monkeypatch.setattr(module.CodeConfigMaps, "RECHECK_S", 0.0)
+    reconcile(kube, tiny(), "resync")
+    assert len(kube.configmaps) == 1
+
+
+def test_a_refused_code_configmap_is_an_apply_error_and_nothing_else_is_written() -> None:
+    kube = FakeKube()
+
+    def refuse(obj: Any) -> None:
+        if obj["kind"] == "ConfigMap":
+            raise kopf.PermanentError("configmaps is forbidden: cannot create")
+
+    kube.apply_hook = refuse
+    with pytest.raises(BackedOff, match="forbidden"):
+        reconcile(kube, tiny(), "create")
+    assert not kube.rayservices  # pods that mount missing code would never start
+    assert kube.statuses and "forbidden" in str(kube.statuses[-1])

@@ -232,3 +232,12 @@ def test_canary_steps_are_checked_and_kept_under_another_strategy() -> None:
     obj["spec"].update(rollout={"strategy": "Canary"}, env=env)
     with pytest.raises(InvalidSpecError, match=r"spec\.rollout\.strategy: Canary splits traffic"):
         parse(obj)
+
+
+def test_pythonpath_from_a_reference_is_refused() -> None:
+    obj = copy.deepcopy(example_services()["tiny"])
+    ref = {"configMapKeyRef": {"name": "paths", "key": "pythonpath"}}
+    obj["spec"]["env"] = [{"name": "PYTHONPATH", "valueFrom": ref}]
+    with pytest.raises(InvalidSpecError) as info:
+        parse(obj)
+    assert "spec.env[0].valueFrom: PYTHONPATH must be a literal value" in str(info.value)

@@ -104,6 +104,11 @@ llmservice_operator/k8s.py and kopf's watches, patches and events.
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# serve_app's code for the Ray pods: one immutable ConfigMap per namespace and code digest,
+# created when missing (never read, changed or deleted: create alone).
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["create"]
 # Which worker pods host no Serve replica, so a scale-down removes an idle one.
 - apiGroups: [""]
   resources: ["pods"]

