@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import random
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,7 +27,7 @@ from ray.util import metrics
 from serve_app.args import ArmArgs, RouterArgs, SplitArgs
 from serve_app.measure import LATENCY_BOUNDS, Outcome, measured_stream, outcome_of
 from serve_app.naming import ROUTER_DEPLOYMENT, ROUTER_METRIC_PREFIX
-from serve_app.split import APP_HEADER, VERSION_HEADER, choose, point_of
+from serve_app.split import APP_HEADER, VERSION_HEADER, Interleaver, choose, point_of
 
 if TYPE_CHECKING:
     from ray.serve import Application
@@ -55,6 +54,7 @@ class SplitIngress(OpenAiIngress):  # type: ignore[misc]  # untyped in Ray
         )
         self._router = router
         self._split: SplitArgs | None = None
+        self._deal: Interleaver | None = None
         self._handles: dict[str, DeploymentHandle] = {}
         # Ray exports these from every node's metrics agent (port 8080 on each Ray pod), summed
         # over the router's replicas by whoever reads them: the operator's canary gate.
@@ -89,6 +89,7 @@ class SplitIngress(OpenAiIngress):  # type: ignore[misc]  # untyped in Ray
                 )
                 self._handles[arm.app] = handle.options(stream=True)
         self._split = split
+        self._deal = Interleaver(split)  # new weights: the deal starts over
         self._model_cards[self._router.model_id] = _card(
             self._router.model_id, split.max_request_context_length
         )
@@ -99,11 +100,12 @@ class SplitIngress(OpenAiIngress):  # type: ignore[misc]  # untyped in Ray
         return self._handles[_ARM.get().app]
 
     def _pick(self, request: Request | None) -> ArmArgs:
-        assert self._split is not None, "reconfigure() runs before any request"
+        assert self._split is not None and self._deal is not None, "reconfigure() runs first"
         header = self._split.sticky_header
         value = request.headers.get(header) if header and request is not None else None
-        point = point_of(value) if value else random.random() * 100.0
-        return choose(self._split, point)
+        if value:
+            return choose(self._split, point_of(value))
+        return self._deal.next()
 
     async def _process_llm_request(
         self, body: Any, call_method: str, raw_request: Request | None = None

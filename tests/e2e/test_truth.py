@@ -9,6 +9,7 @@ timeline samples the LLMService status beside Ray Serve's own state once a secon
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import json
 import time
@@ -20,10 +21,13 @@ from kubernetes import client
 from llmservice_operator import capacity
 from llmservice_operator import constants as c
 from llmservice_operator.render.code import CODE_ROOT, packaged
+from llmservice_operator.rollout import epoch
 from tests.cluster.ground.nodes import POOL_LABEL, NodePool, node_manifest
+from tests.cluster.ground.probes import http_get
 from tests.cluster.objects import condition
 from tests.e2e.conftest import Ground
 from tests.e2e.world import NotYet, Timeline
+from tests.support import dashboard
 from tests.support.loadgen import LoadGenerator, LoadReport
 from tests.support.raypods import DEFAULT_SUBNET, parse_quantity
 
@@ -322,10 +326,33 @@ def _at_weight(w: Any, weight: float) -> Any:
     return check
 
 
-def _share_bound(n: int, weight: float) -> float:
-    """+-5 points, or four binomial standard deviations when n is too small for that."""
-    p = weight / 100
-    return max(5.0, 400 * (p * (1 - p) / max(n, 1)) ** 0.5)
+def _rolled_back(w: Any) -> Any:
+    """The LLMService once status says the gate rolled its canary back."""
+
+    def check() -> dict[str, Any]:
+        svc: dict[str, Any] = w.svc()
+        degraded = condition(svc, "Degraded")
+        if degraded.get("reason") != "CanaryRolledBack" or degraded.get("status") != "True":
+            raise NotYet(f"Degraded: {degraded}; rollout: {_rollout(w).get('message')}")
+        return svc
+
+    return check
+
+
+def _monotonic(stamp: str | datetime.datetime) -> float:
+    """A status or event time (whole seconds, this machine's clock) on time.monotonic()."""
+    seconds = stamp.timestamp() if isinstance(stamp, datetime.datetime) else epoch(stamp)
+    return seconds - time.time() + time.monotonic()
+
+
+def _step_event(w: Any, prefix: str) -> Any:
+    """The first CanaryStep event of the operator whose message starts with ``prefix``."""
+    events = w.core.list_namespaced_event(
+        w.namespace, field_selector=f"involvedObject.name={w.name},reason=CanaryStep"
+    ).items
+    found = [e for e in events if str(e.message).startswith(prefix)]
+    assert found, [e.message for e in events]
+    return min(found, key=lambda e: e.first_timestamp)
 
 
 def test_a_good_canary_steps_to_100_is_promoted_and_no_request_fails(
@@ -344,17 +371,20 @@ def test_a_good_canary_steps_to_100_is_promoted_and_no_request_fails(
         rollout = w.wait("the canary at 10 %", _at_weight(w, 10.0), CONVERGE_S)
         assert rollout["stableVersion"] == stable and rollout["canaryVersion"] == new
         assert w.svc()["status"]["activeVersion"] == stable
-        began_step = time.monotonic()
-        for weight, nxt in ((10, 50), (50, 100)):
-            w.wait(f"the canary at {nxt} %", _at_weight(w, float(nxt)), 300)
-            ended_step = time.monotonic()
+        # Each step's share is counted over the time the router ran its weight: from when the
+        # operator saw the router run it (stepStarted) to the CanaryStep event of the next
+        # weight, posted as it was applied (times are whole seconds: one trimmed at the start).
+        began_step = _monotonic(rollout["stepStarted"]) + 1
+        for index, (weight, nxt) in enumerate(((10, 50), (50, 100)), start=2):
+            rollout = w.wait(f"the canary at {nxt} %", _at_weight(w, float(nxt)), 300)
+            ended_step = _monotonic(_step_event(w, f"step {index}/").first_timestamp)
             seen = load.snapshot().versions_between(began_step, ended_step)
             n = sum(seen.values())
             share = 100.0 * seen.get(new, 0) / max(n, 1)
             shares[weight] = f"{share:.1f} % of {n}"
             assert set(seen) <= {stable, new}, seen
-            assert abs(share - weight) <= _share_bound(n, weight), (weight, seen)
-            began_step = ended_step
+            assert n >= 40 and abs(share - weight) <= 5.0, (weight, seen)
+            began_step = _monotonic(rollout["stepStarted"]) + 1
         svc = w.wait(f"{new} promoted and settled", w.settled, 300)
         seen = load.snapshot().versions_between(began_step + 5, time.monotonic())
         shares[100] = (
@@ -400,14 +430,7 @@ def test_a_canary_that_fails_requests_is_rolled_back_by_the_gate(ground_world: G
         w.wait("the canary at 50 %", _at_weight(w, 50.0), CONVERGE_S)
         t50 = time.monotonic()
 
-        def rolled_back() -> dict[str, Any]:
-            svc = w.svc()
-            degraded = condition(svc, "Degraded")
-            if degraded.get("reason") != "CanaryRolledBack" or degraded.get("status") != "True":
-                raise NotYet(f"Degraded: {degraded}; rollout: {_rollout(w).get('message')}")
-            return svc
-
-        svc = w.wait("rolled back by the gate", rolled_back, 300)
+        svc = w.wait("rolled back by the gate", _rolled_back(w), 300)
         detected = time.monotonic() - t50
         analysis = svc["status"]["rollout"]["lastAnalysis"]
         assert analysis["verdict"] == "Fail" and analysis["canary"]["errors"] > 0, analysis
@@ -438,6 +461,52 @@ def test_a_canary_that_fails_requests_is_rolled_back_by_the_gate(ground_world: G
         f"{failed.get('http_400', 0)} canary 400s (bound {bound:.0f})", settled_at,
     )  # fmt: skip
     _healthy_once_settled(report, settled_at)
+
+
+def test_every_dashboard_query_names_metrics_a_real_scrape_has(ground_world: Ground) -> None:
+    """The chart's Grafana dashboard against what this ground exports: the Ray pods' metrics port
+    (Ray Serve, vLLM, the router; after the canaries above, errors included) and the operator's
+    /metrics. A metric family the exporter declares without samples yet counts as present."""
+    from openai import NotFoundError, OpenAI
+
+    g, w = ground_world, ground_world.world
+    g.ensure_created(CONVERGE_S)
+    # A streamed answer (inter-token times) and a refused request (the error counters): every
+    # panel's metric then has samples, whichever scenarios ran before.
+    api = OpenAI(base_url=g.base_url, api_key="unused", max_retries=0, timeout=60)
+    with api:
+        stream = api.chat.completions.create(
+            model=g.model, messages=[{"role": "user", "content": "Count."}], max_tokens=8,
+            stream=True, extra_body={"min_tokens": 8},
+        )  # fmt: skip
+        assert sum(1 for chunk in stream if chunk.choices and chunk.choices[0].delta.content) > 2
+        with pytest.raises(NotFoundError):
+            api.chat.completions.create(
+                model="no-such-model", messages=[{"role": "user", "content": "Hi"}], max_tokens=2
+            )
+    rc = w.active_cluster()
+    assert rc is not None
+    needed = (
+        "ray_serve_num_http_error_requests_total{",
+        "ray_llmservice_router_itl_seconds_bucket{",
+    )
+
+    def scraped() -> list[str]:
+        texts = w.kube.ray_pod_metrics(w.namespace, rc["metadata"]["name"])
+        missing = [name for name in needed if name not in "".join(texts)]
+        if missing:
+            raise NotYet(f"not in the Ray pods' metrics yet: {missing}")
+        return texts
+
+    # Ray's metrics agent exports what its workers recorded every few seconds.
+    texts = w.wait("the Ray pods' metrics", scraped, 60)
+    status, operator_text = http_get(f"http://127.0.0.1:{g.operator.metrics_port}/metrics")
+    assert status == 200 and texts
+    exported: set[str] = set()
+    for text in [*texts, operator_text]:
+        exported |= dashboard.names_in_scrape(text)
+    wanted = dashboard.metric_names(dashboard.load())
+    assert wanted <= exported, sorted(wanted - exported)
 
 
 # The slow canary's load: prompts of ~400 tokens that share no prefix (so the prefix cache
@@ -472,14 +541,7 @@ def test_a_slow_canary_is_rolled_back_on_the_latency_gate(ground_world: Ground) 
         w.wait("the canary at 50 %", _at_weight(w, 50.0), CONVERGE_S)
         t50 = time.monotonic()
 
-        def rolled_back() -> dict[str, Any]:
-            svc = w.svc()
-            degraded = condition(svc, "Degraded")
-            if degraded.get("reason") != "CanaryRolledBack" or degraded.get("status") != "True":
-                raise NotYet(f"Degraded: {degraded}; rollout: {_rollout(w).get('message')}")
-            return svc
-
-        svc = w.wait("rolled back on latency", rolled_back, 300)
+        svc = w.wait("rolled back on latency", _rolled_back(w), 300)
         detected = time.monotonic() - t50
         analysis = svc["status"]["rollout"]["lastAnalysis"]
         assert analysis["verdict"] == "Fail" and "TTFT" in analysis["reason"], analysis

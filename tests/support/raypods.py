@@ -745,9 +745,10 @@ class RayPodRunner:
     def _serve_pod(self, pod: Mapping[str, Any], rayclusters: dict[tuple[str, str], Any]) -> None:
         node = self._nodes.get(pod["metadata"]["uid"]) or self._new_node(pod, rayclusters)
         if node is not None:
-            self._keep_pod_ip(node, pod)
+            moved = self._keep_pod_ip(node, pod)
             self._keep_running(node)
-            self._keep_readiness(node, pod)
+            if not moved:  # else the pod read here is older than our not-Ready patch
+                self._keep_readiness(node, pod)
 
     def _wanted_pods(self) -> list[dict[str, Any]]:
         """Running, not terminating pods that match the selector and are KubeRay Ray pods."""
@@ -867,20 +868,25 @@ class RayPodRunner:
                 return ip
         raise RayPodsError(f"no free address left in {self.network}")
 
-    def _keep_pod_ip(self, node: RayNode, pod: Mapping[str, Any]) -> None:
-        """Give the pod its namespace's address, again if KWOK wrote its own back."""
+    def _keep_pod_ip(self, node: RayNode, pod: Mapping[str, Any]) -> bool:
+        """Give the pod its namespace's address, again if KWOK wrote its own back (True: it
+        was given now)."""
         current = pod.get("status", {}).get("podIP")
         if current == node.ip:
-            return
+            return False
         from kubernetes import client
 
         core = client.CoreV1Api(self._api)
+        # Not Ready first: KWOK made the pod Ready at once, and with our address but no Ray
+        # behind it yet, the Endpoints would send traffic to a port nobody listens on.
+        self._patch_ready(node, pod, ready=False)
         body = {"status": {"podIP": node.ip, "podIPs": [{"ip": node.ip}]}}
         core.patch_namespaced_pod_status(
             node.request.pod.name, node.request.pod.namespace, body,
             _content_type="application/merge-patch+json", _request_timeout=10,
         )  # fmt: skip
         log.info("pod %s: podIP %s -> %s", node.request.pod, current, node.ip)
+        return True
 
     def _keep_readiness(self, node: RayNode, pod: Mapping[str, Any]) -> None:
         """The pod is Ready only while its Ray node passes KubeRay's own readiness probes.
@@ -891,6 +897,9 @@ class RayPodRunner:
         KubeRay into error back-off for minutes, which no real cluster does.
         """
         ready = node.running and ray_node_healthy(node.ip, readiness_paths(pod))
+        self._patch_ready(node, pod, ready)
+
+    def _patch_ready(self, node: RayNode, pod: Mapping[str, Any], ready: bool) -> None:
         want = "True" if ready else "False"
         conditions = pod.get("status", {}).get("conditions") or []
         have = next((c.get("status") for c in conditions if c.get("type") == "Ready"), None)
@@ -981,7 +990,10 @@ class RayPodRunner:
             stdout=node.log_file,
             stderr=subprocess.STDOUT,
             env=env,
-            cwd=REPO_ROOT,
+            # Not this repository: Ray puts a driver's working directory (the dashboard's, for
+            # Serve) first on its workers' path, and what they import must be the pod's own code
+            # (its PYTHONPATH), as in a pod, whose working directory is the image's.
+            cwd=node.temp_dir,
             start_new_session=True,  # a Ctrl-C meant for the runner does not hit Ray first
         )
         node.head_ip = head_ip

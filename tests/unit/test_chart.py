@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support.dashboard import DASHBOARD
 from tests.unit.examples import ROOT
 
 HELM = ROOT / "bin" / "helm"
@@ -551,3 +552,23 @@ def test_guardrails_are_off_by_default_and_on_render_a_policy_and_binding() -> N
     for rule in policy["spec"]["validations"]:
         text = rule.get("message") or rule["messageExpression"].lstrip('"')
         assert text.startswith("spec."), text
+
+
+def test_the_dashboard_ships_for_grafanas_sidecar_and_ray_pods_are_scraped() -> None:
+    objs = render("--set", "grafana.dashboard.enabled=true", "--set", "rayPodMonitor.enabled=true")
+    (cm,) = [o for o in by_kind(objs, "ConfigMap") if o["metadata"]["name"].endswith("-dashboard")]
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(cm["data"]["llmservice.json"]) == json.loads(DASHBOARD.read_text())
+    pod_monitor = one(objs, "PodMonitor")
+    (endpoint,) = pod_monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] == "metrics"  # the port KubeRay adds to every Ray container
+    relabeled = {r["targetLabel"]: r["sourceLabels"] for r in endpoint["relabelings"]}
+    assert relabeled["llmservice"] == ["__meta_kubernetes_pod_label_llmservice_dev_name"]
+    assert pod_monitor["spec"]["namespaceSelector"] == {"any": True}
+    scoped = render("--set", "rayPodMonitor.enabled=true", "--set", "watchNamespaces={team-a}")
+    assert one(scoped, "PodMonitor")["spec"]["namespaceSelector"] == {"matchNames": ["team-a"]}
+    off = render()
+    assert not by_kind(off, "PodMonitor")
+    assert not [
+        o for o in by_kind(off, "ConfigMap") if o["metadata"]["name"].endswith("-dashboard")
+    ]

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from serve_app.args import SplitArgs
 from serve_app.measure import Outcome, measured_stream, outcome_of
-from serve_app.split import choose, point_of
+from serve_app.split import Interleaver, choose, point_of
 
 
 def split(stable: float, sticky: str | None = None) -> SplitArgs:
@@ -42,6 +42,25 @@ def test_a_sticky_key_keeps_its_version_and_raising_the_canary_only_moves_client
     assert not [k for k in keys if at10[k] == "v2" and at50[k] == "v1"]  # nobody moves back
     share = sum(v == "v2" for v in at50.values()) / len(keys)
     assert 0.46 < share < 0.54  # the hash spreads keys evenly
+
+
+@pytest.mark.parametrize("stable", [90.0, 50.0, 99.0, 66.5])
+def test_the_deal_gives_every_prefix_its_weights_within_one_request(stable: float) -> None:
+    deal = Interleaver(split(stable))
+    canary = 0
+    for n in range(1, 2001):
+        canary += deal.next().version == "v2"
+        assert abs(canary - n * (100 - stable) / 100) <= 1, (n, canary)
+
+
+def test_the_deal_skips_arms_without_weight_and_spreads_the_canary_out() -> None:
+    deal = Interleaver(split(100))
+    assert {deal.next().version for _ in range(5)} == {"v1"}
+    at10 = Interleaver(split(90))
+    picks = [at10.next().version for _ in range(30)]
+    # One in ten, evenly apart: never two canary answers back to back.
+    at = [i for i, v in enumerate(picks) if v == "v2"]
+    assert len(at) == 3 and at[1] - at[0] == at[2] - at[1] == 10
 
 
 def test_weights_must_add_up_to_100_and_name_each_app_once() -> None:
