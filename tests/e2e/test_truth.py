@@ -475,37 +475,38 @@ def test_every_dashboard_query_names_metrics_a_real_scrape_has(ground_world: Gro
     # panel's metric then has samples, whichever scenarios ran before.
     api = OpenAI(base_url=g.base_url, api_key="unused", max_retries=0, timeout=60)
     with api:
+        # Long enough to stream in several chunks (Serve batches a stream's tokens into chunks).
         stream = api.chat.completions.create(
-            model=g.model, messages=[{"role": "user", "content": "Count."}], max_tokens=8,
-            stream=True, extra_body={"min_tokens": 8},
+            model=g.model, messages=[{"role": "user", "content": "Count."}], max_tokens=256,
+            stream=True, extra_body={"min_tokens": 256},
         )  # fmt: skip
-        assert sum(1 for chunk in stream if chunk.choices and chunk.choices[0].delta.content) > 2
+        # Read to the end: a client that leaves early cuts the stream, and its gaps go unmeasured.
+        texts = sum(1 for chunk in stream if chunk.choices and chunk.choices[0].delta.content)
+        assert texts >= 2, f"{texts} chunk(s) of text: no inter-token gap to measure"
         with pytest.raises(NotFoundError):
             api.chat.completions.create(
                 model="no-such-model", messages=[{"role": "user", "content": "Hi"}], max_tokens=2
             )
     rc = w.active_cluster()
     assert rc is not None
-    needed = (
-        "ray_serve_num_http_error_requests_total{",
-        "ray_llmservice_router_itl_seconds_bucket{",
-    )
+    wanted = dashboard.metric_names(dashboard.load())
+    ray_wanted = {name for name in wanted if name.startswith("ray_")}
 
-    def scraped() -> list[str]:
-        texts = w.kube.ray_pod_metrics(w.namespace, rc["metadata"]["name"])
-        missing = [name for name in needed if name not in "".join(texts)]
+    def scraped() -> set[str]:
+        exported: set[str] = set()
+        for text in w.kube.ray_pod_metrics(w.namespace, rc["metadata"]["name"]):
+            exported |= dashboard.names_in_scrape(text)
+        missing = sorted(ray_wanted - exported)
         if missing:
             raise NotYet(f"not in the Ray pods' metrics yet: {missing}")
-        return texts
+        return exported
 
-    # Ray's metrics agent exports what its workers recorded every few seconds.
-    texts = w.wait("the Ray pods' metrics", scraped, 60)
+    # Ray's metrics agent exports what workers recorded every few seconds, vLLM's engine its
+    # stats on its own period: each name must show up within a bounded time.
+    exported = w.wait("every dashboard metric in the Ray pods' metrics", scraped, 120)
     status, operator_text = http_get(f"http://127.0.0.1:{g.operator.metrics_port}/metrics")
-    assert status == 200 and texts
-    exported: set[str] = set()
-    for text in [*texts, operator_text]:
-        exported |= dashboard.names_in_scrape(text)
-    wanted = dashboard.metric_names(dashboard.load())
+    assert status == 200
+    exported |= dashboard.names_in_scrape(operator_text)
     assert wanted <= exported, sorted(wanted - exported)
 
 
@@ -545,15 +546,22 @@ def test_a_slow_canary_is_rolled_back_on_the_latency_gate(ground_world: Ground) 
         detected = time.monotonic() - t50
         analysis = svc["status"]["rollout"]["lastAnalysis"]
         assert analysis["verdict"] == "Fail" and "TTFT" in analysis["reason"], analysis
-        # The breach is the setting's doing, not noise: no errors, and the canary's TTFT p95
-        # several times the stable's, measured over the same window.
+        # The breach is the setting's doing, not noise: the canary's TTFT p95 several times the
+        # stable's, measured over the same window (that no request failed: asserted below).
         canary, stable_stats = analysis["canary"], analysis["stable"]
-        assert canary["errors"] == 0, analysis
         assert canary["ttftP95Seconds"] >= 3 * stable_stats["ttftP95Seconds"], analysis
         assert svc["status"]["activeVersion"] == stable
         w.wait("the canary's app removed", lambda: not _rollout(w).get("canaryApp"), 120)
-        w.patch({"model": {"version": stable}, "engine": engine})
+        # A merge patch: what the slow engine added must be removed by name (null), not just
+        # left out, or the next scenario would inherit a slow engine.
+        restore = {
+            **engine,
+            "maxNumSeqs": engine.get("maxNumSeqs"),
+            "extraArgs": {**engine.get("extraArgs", {}), "max_num_batched_tokens": None},
+        }
+        w.patch({"model": {"version": stable}, "engine": restore})
         w.wait("settled on the stable version", w.settled, 300)
+        assert w.svc()["spec"]["engine"] == engine
         settled_at = time.monotonic()
         load.wait_for_successes(5, 120)
     report = load.report
