@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from importlib import resources
 from types import MappingProxyType
 from typing import Any
@@ -46,7 +46,7 @@ class CodeBundle:
             raise ValueError(f"serve_app sources are {size} bytes, above {MAX_BYTES}")
         object.__setattr__(self, "files", MappingProxyType(dict(sorted(self.files.items()))))
 
-    @property
+    @cached_property  # read several times per render, on every reconcile: hash ~45 KiB once
     def digest(self) -> str:
         h = hashlib.sha256()
         for name, text in self.files.items():  # sorted: the digest is the contents'
