@@ -110,6 +110,10 @@ test-e2e: model tools ## Operator promises on the real-Ray ground, under load (t
 	$(PY) -m pytest tests/e2e -m e2e $(PYTEST_ARGS)
 	@$(PY) -m tests.e2e.report $(CACHE)/e2e/results.jsonl
 
+.PHONY: test-compat
+test-compat: venv model ## Smoke tests on every Kubernetes x KubeRay cell of the matrix (not in CI: ~1 h on 2 cores)
+	@bash hack/test-compat.sh $(CELLS)
+
 .PHONY: test
 test: lint check-generated test-unit test-cluster test-serve test-e2e ## Everything: lint, unit, cluster, serve and real-Ray tests
 

@@ -4,8 +4,12 @@
 # bin/<module>-<key>/, where <key> hashes go.mod, go.sum and the Go version: a second run with
 # the same pins builds nothing, a changed pin builds only that module.
 #
-#   hack/build-tools.sh                  every module
+#   hack/build-tools.sh                  every module the test ground and CI use
 #   hack/build-tools.sh helm actionlint  only these (module names: the folders of hack/tools/)
+#
+# The compatibility matrix's other versions (kubernetes-1.37, kuberay-1.4.0; `make test-compat`)
+# are built only when named, and linked into bin/compat/<module>/ so they never replace the
+# pinned pair in bin/.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -19,11 +23,14 @@ gover=$(go env GOVERSION) || die "'go env' failed: is the Go install broken?"
 
 # ldflags for k8s.io/kubernetes, so the API server reports its real version
 # (KubeRay and kubectl read it) instead of v0.0.0-master.
-k8s_version=$(awk '$1=="require" && $2=="k8s.io/kubernetes" {print $3}' "$root/hack/tools/kubernetes/go.mod")
-k8s_minor=$(echo "$k8s_version" | cut -d. -f2)
-k8s_ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$k8s_version \
--X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$k8s_minor \
--X k8s.io/client-go/pkg/version.gitVersion=$k8s_version"
+k8s_ldflags() {
+  local version minor
+  version=$(awk '$1=="require" && $2=="k8s.io/kubernetes" {print $3}' "$root/hack/tools/$1/go.mod")
+  minor=$(echo "$version" | cut -d. -f2)
+  echo "-s -w -X k8s.io/component-base/version.gitVersion=$version \
+-X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor \
+-X k8s.io/client-go/pkg/version.gitVersion=$version"
+}
 # actionlint reports the main module's version, (devel) here: give it its pinned one.
 actionlint_version=$(awk '$1=="require" && $2=="github.com/rhysd/actionlint" {print $3}' "$root/hack/tools/actionlint/go.mod")
 actionlint_ldflags="-s -w -X github.com/rhysd/actionlint.version=$actionlint_version"
@@ -36,7 +43,11 @@ tools=(
   "kwok sigs.k8s.io/kwok/cmd/kwok"
   "helm helm.sh/helm/v3/cmd/helm"
   "actionlint github.com/rhysd/actionlint/cmd/actionlint"
+  "kubernetes-1.37 k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl"
+  "kuberay-1.4.0 github.com/ray-project/kuberay/ray-operator"
 )
+# Built only when named; linked into bin/compat/<module>/.
+compat=" kubernetes-1.37 kuberay-1.4.0 "
 
 build_module() {
   local name=$1; shift
@@ -51,14 +62,14 @@ build_module() {
     local tmp="$out.tmp"
     rm -rf "$tmp" && mkdir -p "$tmp"
     local ldflags="-s -w"
-    [ "$name" = kubernetes ] && ldflags=$k8s_ldflags
+    [[ $name == kubernetes* ]] && ldflags=$(k8s_ldflags "$name")
     [ "$name" = actionlint ] && ldflags=$actionlint_ldflags
     (cd "$dir" && go build -trimpath -ldflags "$ldflags" -o "$tmp/" "$@") \
       || die "go build of hack/tools/$name failed (see the compiler output above)"
     # go names a binary after its package path; give the two odd ones their usual names.
     [ -e "$tmp/server" ] && mv "$tmp/server" "$tmp/etcd"
     [ -e "$tmp/ray-operator" ] && mv "$tmp/ray-operator" "$tmp/kuberay-operator"
-    if [ "$name" = kuberay ]; then
+    if [[ $name == kuberay* ]]; then
       # The CRDs come from the very module version the operator binary was built from.
       local src
       src=$(cd "$dir" && go list -m -f '{{.Dir}}' github.com/ray-project/kuberay/ray-operator)
@@ -67,9 +78,13 @@ build_module() {
     fi
     rm -rf "$out" && mv "$tmp" "$out" && touch "$out/.complete"
   fi
-  local f
+  local f links=$bin up=""
+  if [[ $compat == *" $name "* ]]; then
+    links=$bin/compat/$name up="../../"
+    mkdir -p "$links"
+  fi
   for f in "$out"/*; do
-    ln -sfn "$(basename "$out")/$(basename "$f")" "$bin/$(basename "$f")"
+    ln -sfn "$up$(basename "$out")/$(basename "$f")" "$links/$(basename "$f")"
   done
 }
 
@@ -80,8 +95,12 @@ for want in "$@"; do
   [[ $names == *" $want "* ]] || die "unknown module '$want' (one of:$names)"
 done
 for entry in "${tools[@]}"; do
-  # With arguments, only the modules they name.
-  [ $# -gt 0 ] && [[ " $* " != *" ${entry%% *} "* ]] && continue
+  # With arguments, only the modules they name; without, all but the compat ones.
+  if [ $# -gt 0 ]; then
+    [[ " $* " != *" ${entry%% *} "* ]] && continue
+  else
+    [[ $compat == *" ${entry%% *} "* ]] && continue
+  fi
   # shellcheck disable=SC2086
   build_module $entry
 done

@@ -138,6 +138,7 @@ def _gone(read: Any, *args: str) -> bool:
     return False
 
 
+@pytest.mark.compat
 def test_rayservice_schedules_on_pools_and_is_garbage_collected(
     cluster: LocalCluster, core: client.CoreV1Api, namespace: str
 ) -> None:

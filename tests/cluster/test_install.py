@@ -22,13 +22,13 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from llmservice_operator import constants as c
-from tests.cluster.harness import REPO_ROOT, LocalCluster, wait_for
+from tests.cluster.harness import DEFAULT_BIN_DIR, REPO_ROOT, LocalCluster, wait_for
 from tests.cluster.objects import llmservice
 
 pytestmark = pytest.mark.cluster
 
-HELM = REPO_ROOT / "bin" / "helm"
-KUBECTL = REPO_ROOT / "bin" / "kubectl"
+HELM = DEFAULT_BIN_DIR / "helm"
+KUBECTL = DEFAULT_BIN_DIR / "kubectl"
 CHART = REPO_ROOT / "charts" / "llmservice-operator"
 INSTALL_YAML = REPO_ROOT / "manifests" / "install.yaml"
 CRD_NAME = f"{c.PLURAL}.{c.GROUP}"
@@ -165,6 +165,7 @@ def pod_security_failures(core: client.CoreV1Api, namespace: str) -> list[str]:
 # --- helm install / upgrade / uninstall -------------------------------------------------------
 
 
+@pytest.mark.compat
 def test_helm_install_upgrade_uninstall(
     cluster: LocalCluster, core: client.CoreV1Api, namespace: str, helm: Helm, tmp_path: Path
 ) -> None:
@@ -260,6 +261,7 @@ def test_helm_install_refuses_bad_values_and_creates_nothing(
 # --- kubectl apply -f manifests/install.yaml -------------------------------------------------
 
 
+@pytest.mark.compat
 def test_kubectl_apply_install_yaml(cluster: LocalCluster, core: client.CoreV1Api) -> None:
     docs = [d for d in yaml.safe_load_all(INSTALL_YAML.read_text()) if d]
     system_ns = docs[0]["metadata"]["name"]

@@ -38,6 +38,7 @@ from tests.cluster.operator_process import (
 pytestmark = pytest.mark.cluster
 
 
+@pytest.mark.compat
 def test_create_schedules_on_the_gpu_pool_and_reports_truthfully(
     operator: OperatorProcess, api: client.CustomObjectsApi, core: client.CoreV1Api, namespace: str
 ) -> None:
@@ -80,6 +81,7 @@ def test_create_schedules_on_the_gpu_pool_and_reports_truthfully(
     assert any(e.reason == "Applied" for e in events)
 
 
+@pytest.mark.compat
 def test_replicas_scale_and_versions_reach_the_rayservice(
     operator: OperatorProcess, api: client.CustomObjectsApi, namespace: str
 ) -> None:

@@ -76,6 +76,7 @@ def gpus_on_pool(core: client.CoreV1Api, pods: list[Any], pool: str) -> int:
     return total
 
 
+@pytest.mark.compat
 def test_fixed_replicas_reach_the_raycluster_and_the_pods(
     operator: OperatorProcess, api: client.CustomObjectsApi, core: client.CoreV1Api, namespace: str
 ) -> None:
@@ -132,6 +133,7 @@ def test_tensor_parallel_replicas_hold_their_gpus_on_the_a100_pool(
     assert 12 <= held < 12 + 8, held
 
 
+@pytest.mark.compat
 def test_autoscaling_bounds_reach_the_raycluster(
     operator: OperatorProcess, api: client.CustomObjectsApi, core: client.CoreV1Api, namespace: str
 ) -> None:

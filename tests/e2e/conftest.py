@@ -7,6 +7,7 @@ status seen) to .cache/e2e/results.jsonl; `make test-e2e` prints them as a table
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -25,7 +26,7 @@ from kubernetes import client
 from tests.cluster.dump import write_namespace_dump
 from tests.cluster.harness import LocalCluster, wait_for
 from tests.cluster.operator_process import OperatorProcess, running_operator
-from tests.e2e.world import LLMSVC, World
+from tests.e2e.world import LLMSVC, NotYet, World
 from tests.support.raypods import Mount, RayPodRunner
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -58,7 +59,7 @@ def ground(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
 def proxy_url(ground: LocalCluster) -> Iterator[str]:
     """`kubectl proxy` on a free local port: how a user reaches a Service from their laptop."""
     proc = subprocess.Popen(
-        [str(REPO_ROOT / "bin" / "kubectl"), "--kubeconfig", str(ground.kubeconfig),
+        [str(ground.bin_dir / "kubectl"), "--kubeconfig", str(ground.kubeconfig),
          "proxy", "--port=0"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
@@ -122,6 +123,19 @@ class Ground:
             )
         return str(resp.choices[0].message.content)
 
+    def serve_app_loaded_from(self) -> set[str]:
+        """Where the router replicas imported serve_app from, as their logs say (serve_app's
+        router logs it at start); NotYet until one has."""
+        found = set()
+        for node in self.runner.nodes():
+            for log in node.temp_dir.glob("session_*/logs/serve/replica_*OpenAIRouter*.log"):
+                for line in log.read_text(errors="replace").splitlines():
+                    if "serve_app loaded from " in line:
+                        found.add(line.split("serve_app loaded from ", 1)[1].strip())
+        if not found:
+            raise NotYet("no router replica log names where serve_app came from yet")
+        return found
+
     def record(self, scenario: str, **row: Any) -> None:
         entry = {"scenario": scenario, **row}
         self.rows.append(entry)
@@ -142,7 +156,10 @@ def ground_world(
         lambda: core.read_namespaced_service_account("default", namespace),
         30,
     )
-    manifest = yaml.safe_load(EXAMPLE.read_text())
+    # A test module may serve another LLMService than tiny.yaml: its MANIFEST.
+    manifest = copy.deepcopy(getattr(request.module, "MANIFEST", None)) or yaml.safe_load(
+        EXAMPLE.read_text()
+    )
     manifest["metadata"]["namespace"] = namespace
     name = manifest["metadata"]["name"]
     runner = RayPodRunner(

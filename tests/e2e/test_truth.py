@@ -97,6 +97,7 @@ def _seen_ready(line: Timeline) -> bool:
     return True
 
 
+@pytest.mark.compat
 def test_create_is_ready_only_when_a_completion_succeeds(ground_world: Ground) -> None:
     g, w = ground_world, ground_world.world
     began = time.monotonic()
@@ -163,6 +164,7 @@ def test_every_ray_pod_runs_its_own_ray_node(ground_world: Ground) -> None:
         assert by_ip[pod.status.pod_ip].get("CPU", 0.0) == want, (pod.metadata.name, by_ip)
 
 
+@pytest.mark.compat
 def test_the_serving_code_comes_from_the_operators_configmap(ground_world: Ground) -> None:
     """serve_app reaches the pods as the operator's ConfigMap (render/code.py), mounted and put
     first on PYTHONPATH: the router replica says where it imported serve_app from, and that is
@@ -181,18 +183,8 @@ def test_the_serving_code_comes_from_the_operators_configmap(ground_world: Groun
         assert volumes["serve-app"].config_map.name == code.configmap_name, pod.metadata.name
         assert pod.metadata.labels["llmservice.dev/serve-app"] == code.digest
 
-    def loaded_from() -> set[str]:
-        found = set()
-        for node in g.runner.nodes():
-            for log in node.temp_dir.glob("session_*/logs/serve/replica_*OpenAIRouter*.log"):
-                for line in log.read_text(errors="replace").splitlines():
-                    if "serve_app loaded from " in line:
-                        found.add(line.split("serve_app loaded from ", 1)[1].strip())
-        if not found:
-            raise NotYet("no router replica log names where serve_app came from yet")
-        return found
-
-    assert w.wait("the router's log line", loaded_from, 120) == {f"{CODE_ROOT}/serve_app"}
+    loaded_from = w.wait("the router's log line", g.serve_app_loaded_from, 120)
+    assert loaded_from == {f"{CODE_ROOT}/serve_app"}
 
 
 def test_scale_up_and_down_reaches_pods_and_serve_under_load(ground_world: Ground) -> None:

@@ -38,7 +38,9 @@ from tests.cluster.ground.processes import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-DEFAULT_BIN_DIR = REPO_ROOT / "bin"
+# LLMSERVICE_BIN_DIR: another set of the same binaries (hack/test-compat.sh points it at one
+# cell of the compatibility matrix: another Kubernetes or KubeRay version).
+DEFAULT_BIN_DIR = Path(os.environ.get("LLMSERVICE_BIN_DIR") or REPO_ROOT / "bin").resolve()
 KWOK_STAGES = REPO_ROOT / "tests" / "cluster" / "kwok" / "stages.yaml"
 
 STATE_FILE = "state.json"
