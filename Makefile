@@ -150,7 +150,7 @@ GPU_BENCH = PYTHONPATH=.:operator:$$PYTHONPATH $(GPU_PY) -m bench.gpu_bench
 .PHONY: bench-serve-gpu
 bench-serve-gpu: ## The same three side by side on one GPU, Llama-3.1-8B shape (docs/performance.md)
 	$(GPU_BENCH) up --model-dir $(GPU_MODEL_DIR)
-	$(GPU_BENCH) measure --rounds 2 --out results/gpu-bench.jsonl
+	$(GPU_BENCH) measure --rounds 3 --out results/gpu-bench.jsonl
 	$(GPU_BENCH) report results/gpu-bench.jsonl
 	$(GPU_BENCH) down
 

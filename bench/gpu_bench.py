@@ -62,7 +62,24 @@ PORTS = {"vllm": 8100, "stock": 8200, "ours": 8300, "fast": 8400}
 RAY_PORT_BASE = {"stock": 21000, "ours": 22000, "fast": 23000}
 # spec.env of the `fast` LLMService: what a user sets for the fast path (README).
 FAST_PATH_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING": "1"}
-ACCELERATOR = os.environ.get("GPU_BENCH_ACCELERATOR", "H100")
+
+
+def _accelerator() -> str:
+    """Ray's accelerator type of this machine's GPU (an LLMConfig's accelerator_type must match
+    it, or the replica never schedules): GPU_BENCH_ACCELERATOR, else read off nvidia-smi."""
+    if os.environ.get("GPU_BENCH_ACCELERATOR"):
+        return os.environ["GPU_BENCH_ACCELERATOR"]
+    try:
+        name = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "H100"
+    return next((t for t in ("H200", "H100", "A100", "L40S", "L4") if t in name), "H100")
+
+
+ACCELERATOR = _accelerator()
 
 
 def _log(msg: str) -> None:
