@@ -31,6 +31,8 @@ from typing import Any
 
 import yaml
 
+from tests.support.haproxy import METRICS_PORT, app_responses_2xx
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
 MODEL = "tiny-llama"
@@ -39,7 +41,6 @@ MAX_TOKENS = 32
 ENGINE = {"enforce_eager": True, "max_model_len": 512, "max_num_seqs": 32, "dtype": "float32"}
 ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 # What a user puts in spec.env for the fast path (README, "Serving fast path").
-HAPROXY_METRICS_PORT = 9101  # Ray Serve's HAProxy config: `frontend prometheus`
 FAST_PATH_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING": "1"}
 
 
@@ -172,20 +173,15 @@ def _start_fast(model_dir: Path, port: int) -> tuple[subprocess.Popen[bytes], Pa
 def _haproxy_answered(log: Path) -> int:
     """2xx responses of the Serve-app backends of the one HAProxy on this machine (Ray Serve's
     exporter, port 9101): the proof that the fast path's requests went through it."""
+    # No proxy: the exporter is on loopback (as in _wait_http).
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    url = f"http://127.0.0.1:{METRICS_PORT}/metrics"
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{HAPROXY_METRICS_PORT}/metrics") as resp:
+        with opener.open(url, timeout=10) as resp:
             text = resp.read().decode()
     except OSError as exc:
-        raise RuntimeError(
-            f"no HAProxy exporter on :{HAPROXY_METRICS_PORT} ({exc}); {log}"
-        ) from exc
-    return sum(
-        int(float(line.rsplit(" ", 1)[1]))
-        for line in text.splitlines()
-        if line.startswith("haproxy_backend_http_responses_total{")
-        and 'proxy="http-' in line
-        and 'code="2xx"' in line
-    )
+        raise RuntimeError(f"no HAProxy exporter at {url} ({exc}); see {log}") from exc
+    return app_responses_2xx(text)
 
 
 def _serve_apps(model_dir: Path, port: int) -> tuple[str, str]:

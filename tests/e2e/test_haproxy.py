@@ -22,12 +22,12 @@ import pytest
 from tests.e2e.conftest import Ground
 from tests.e2e.world import World
 from tests.support.examples import TINY, load
+from tests.support.haproxy import METRICS_PORT, app_responses_2xx
 from tests.support.loadgen import LoadGenerator
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 
 CONVERGE_S = 600.0  # one vLLM replica start on a contended 2-core machine, with margin
-HAPROXY_METRICS_PORT = 9101  # Ray Serve's HAProxy config: `frontend prometheus`, bind :9101
 FAST_PATH_ENV = [
     {"name": "RAY_SERVE_ENABLE_HA_PROXY", "value": "1"},
     {"name": "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING", "value": "1"},
@@ -53,18 +53,10 @@ def haproxy_app_responses(w: World) -> dict[str, int]:
         if pod.status.phase != "Running" or pod.metadata.deletion_timestamp:
             continue
         resp: Any = w.core.connect_get_namespaced_pod_proxy_with_path(
-            f"{pod.metadata.name}:{HAPROXY_METRICS_PORT}", w.namespace, "metrics",
+            f"{pod.metadata.name}:{METRICS_PORT}", w.namespace, "metrics",
             _preload_content=False,
         )  # fmt: skip
-        total = 0
-        for line in resp.data.decode().splitlines():
-            if (
-                line.startswith("haproxy_backend_http_responses_total{")
-                and 'proxy="http-' in line
-                and 'code="2xx"' in line
-            ):
-                total += int(float(line.rsplit(" ", 1)[1]))
-        out[pod.metadata.name] = total
+        out[pod.metadata.name] = app_responses_2xx(resp.data.decode())
     return out
 
 
