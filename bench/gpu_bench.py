@@ -52,7 +52,11 @@ LONG_LOAD = [(8, 64)]
 MAX_NUM_SEQS = 256
 MAX_MODEL_LEN = 4096  # the long prompt plus its 128 tokens
 GPU_MEMORY_UTILIZATION = 0.3  # three engines share one GPU
+# Pinned for all three: vllm serve and Ray Serve LLM may default it differently (the chunked-
+# prefill budget: how much prefill a step may carry, which trades first tokens for throughput).
+MAX_NUM_BATCHED_TOKENS = 8192
 ENGINE = {
+    "max_num_batched_tokens": MAX_NUM_BATCHED_TOKENS,
     "max_num_seqs": MAX_NUM_SEQS,
     "max_model_len": MAX_MODEL_LEN,
     "gpu_memory_utilization": GPU_MEMORY_UTILIZATION,
@@ -141,7 +145,10 @@ def _our_llmservice(model_dir: str, fast: bool = False) -> dict[str, Any]:
                 "maxNumSeqs": MAX_NUM_SEQS,
                 "maxModelLen": MAX_MODEL_LEN,
                 "gpuMemoryUtilization": GPU_MEMORY_UTILIZATION,
-                "extraArgs": {"load_format": "dummy"},
+                "extraArgs": {
+                    "load_format": "dummy",
+                    "max_num_batched_tokens": MAX_NUM_BATCHED_TOKENS,
+                },
             },
             "replicas": 1,
             "gpu": {"acceleratorType": ACCELERATOR, "gpusPerNode": 1},
@@ -262,6 +269,7 @@ def up(model_dir: str, only: list[str]) -> None:
                 "--served-model-name", MODEL, "--host", "127.0.0.1", "--port", str(PORTS[system]),
                 "--max-num-seqs", str(MAX_NUM_SEQS), "--max-model-len", str(MAX_MODEL_LEN),
                 "--gpu-memory-utilization", str(GPU_MEMORY_UTILIZATION), "--load-format", "dummy",
+                "--max-num-batched-tokens", str(MAX_NUM_BATCHED_TOKENS),
             ]  # fmt: skip
             proc = _spawn(args, log, env)
             state["vllm"] = {"url": url, "pid": proc.pid}
@@ -292,6 +300,32 @@ def up(model_dir: str, only: list[str]) -> None:
             )
         _log(f"{system} serving at {url} after {time.monotonic() - t0:.0f}s")
         (STATE / "state.json").write_text(json.dumps(state, indent=2))
+
+
+ENGINE_LOG_MARKERS = ("max_num_batched_tokens=", "sync scheduling", "Chunked prefill")
+
+
+def engine_settings() -> None:
+    """What each engine says it runs with (the scheduling settings that decide first tokens under
+    load), from the vLLM server's log and each benchmark Ray cluster's worker logs."""
+    sources = {"vllm": [STATE / "vllm.log"]}
+    for system in RAY_PORT_BASE:
+        sources[system] = sorted(Path(f"/tmp/rb-{system}").glob("session_latest/logs/*.*"))
+    for system, paths in sources.items():
+        seen: set[str] = set()
+        for path in paths:
+            try:
+                text = path.read_text(errors="replace")
+            except OSError:
+                continue
+            for line in text.splitlines():
+                for marker in ENGINE_LOG_MARKERS:
+                    if marker in line:
+                        # One line per marker and system: the engine logs them once per start.
+                        snippet = line[line.index(marker) - 40 if line.index(marker) > 40 else 0 :]
+                        if marker not in seen:
+                            seen.add(marker)
+                            print(f"{system}: {snippet[:200]}")
 
 
 def _state() -> dict[str, Any]:
@@ -427,6 +461,7 @@ def main() -> None:
     p.add_argument("jsonl", type=Path, nargs="+")
     p.add_argument("--out-dir", type=Path, default=ROOT / "results")
     sub.add_parser("stop-ray")
+    sub.add_parser("engine-settings")
     sub.add_parser("down")
     a = parser.parse_args()
     if a.cmd == "up":
@@ -439,6 +474,8 @@ def main() -> None:
         report(a.jsonl, a.out_dir)
     elif a.cmd == "stop-ray":
         stop_ray()
+    elif a.cmd == "engine-settings":
+        engine_settings()
     else:
         down()
 
