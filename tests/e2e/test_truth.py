@@ -13,6 +13,7 @@ import datetime
 import ipaddress
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -26,7 +27,7 @@ from tests.cluster.ground.nodes import POOL_LABEL, NodePool, node_manifest
 from tests.cluster.ground.probes import http_get
 from tests.cluster.objects import condition
 from tests.e2e.conftest import Ground
-from tests.e2e.world import NotYet, Timeline
+from tests.e2e.world import NotYet, Sample, Timeline
 from tests.support import dashboard
 from tests.support.loadgen import LoadGenerator, LoadReport
 from tests.support.raypods import DEFAULT_SUBNET, parse_quantity
@@ -88,13 +89,19 @@ def _truthful(line: Timeline) -> None:
     assert not early, f"activeVersion before Serve ran it:\n{line.table()}"
 
 
-def _seen_ready(line: Timeline) -> bool:
-    if line.first(lambda s: s.ready == "True") is None:
+def _seen(line: Timeline, what: str, check: Callable[[Sample], bool]) -> bool:
+    """The sampler (beside the test, one sample every second or so) has itself seen a state the
+    test saw: a state shorter than its period would leave the status of that moment unexplained."""
+    if line.first(check) is None:
         raise NotYet(
-            f"{len(line.samples)} samples, none with Ready=True yet; {line.skipped} skipped"
+            f"{len(line.samples)} samples, none with {what} yet; {line.skipped} skipped"
             f" (last: {line.last_error or '-'})"
         )
     return True
+
+
+def _seen_ready(line: Timeline) -> bool:
+    return _seen(line, "Ready=True", lambda s: s.ready == "True")
 
 
 @pytest.mark.compat
@@ -208,6 +215,13 @@ def test_scale_up_and_down_reaches_pods_and_serve_under_load(ground_world: Groun
         serve = w.serve()
         assert serve is not None and serve.running_replicas == 2
         up_s = time.monotonic() - began
+        # Before the scale-down ends it, the timeline must see this state too (status "2 ready"
+        # is judged against the Serve replicas the timeline saw running).
+        w.wait(
+            "the timeline to see 2 running",
+            lambda: _seen(line, "2 running", lambda s: s.running == 2),
+            120,
+        )
 
         w.scale(1)  # kubectl scale llmsvc/tiny --replicas=1
         w.wait(
