@@ -39,6 +39,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from tests.support.haproxy import FAST_PATH_ENV
+
 ROOT = Path(__file__).resolve().parents[1]
 STATE = Path(os.environ.get("GPU_BENCH_STATE", "/tmp/llmsvc-gpubench"))
 MODEL = "l8b"
@@ -64,8 +66,6 @@ ENGINE = {
 }
 PORTS = {"vllm": 8100, "stock": 8200, "ours": 8300, "fast": 8400}
 RAY_PORT_BASE = {"stock": 21000, "ours": 22000, "fast": 23000}
-# spec.env of the `fast` LLMService: what a user sets for the fast path (README).
-FAST_PATH_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING": "1"}
 
 
 def _accelerator() -> str:
@@ -319,13 +319,11 @@ def engine_settings() -> None:
             except OSError:
                 continue
             for line in text.splitlines():
-                for marker in ENGINE_LOG_MARKERS:
-                    if marker in line:
-                        # One line per marker and system: the engine logs them once per start.
-                        snippet = line[line.index(marker) - 40 if line.index(marker) > 40 else 0 :]
-                        if marker not in seen:
-                            seen.add(marker)
-                            print(f"{system}: {snippet[:200]}")
+                # One line per marker and system: the engine logs them once per start.
+                for marker in (m for m in ENGINE_LOG_MARKERS if m in line and m not in seen):
+                    seen.add(marker)
+                    start = max(line.index(marker) - 40, 0)
+                    print(f"{system}: {line[start : start + 200]}")
 
 
 def _state() -> dict[str, Any]:

@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from tests.support.haproxy import METRICS_PORT, app_responses_2xx
+from tests.support.haproxy import FAST_PATH_ENV, METRICS_PORT, app_responses_2xx
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
@@ -40,8 +40,6 @@ PROMPT = " ".join(f"word{(i * 7919) % 500}" for i in range(64))
 MAX_TOKENS = 32
 ENGINE = {"enforce_eager": True, "max_model_len": 512, "max_num_seqs": 32, "dtype": "float32"}
 ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-# What a user puts in spec.env for the fast path (README, "Serving fast path").
-FAST_PATH_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING": "1"}
 
 
 def _free_port() -> int:
@@ -144,10 +142,12 @@ def _start_vllm(model_dir: Path, port: int) -> subprocess.Popen[bytes]:
 
 def _example() -> dict[str, Any]:
     """tiny.yaml with the engine settings the other systems get."""
-    example = yaml.safe_load((ROOT / "manifests" / "examples" / "tiny.yaml").read_text())
+    example: dict[str, Any] = yaml.safe_load(
+        (ROOT / "manifests" / "examples" / "tiny.yaml").read_text()
+    )
     example["spec"]["engine"].update(maxNumSeqs=32)
     example["spec"]["maxOngoingRequests"] = 64
-    return dict(example)
+    return example
 
 
 def _start_fast(model_dir: Path, port: int) -> tuple[subprocess.Popen[bytes], Path]:

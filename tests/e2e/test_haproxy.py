@@ -22,22 +22,19 @@ import pytest
 from tests.e2e.conftest import Ground
 from tests.e2e.world import World
 from tests.support.examples import TINY, load
-from tests.support.haproxy import METRICS_PORT, app_responses_2xx
+from tests.support.haproxy import FAST_PATH_ENV, METRICS_PORT, app_responses_2xx
 from tests.support.loadgen import LoadGenerator
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 
 CONVERGE_S = 600.0  # one vLLM replica start on a contended 2-core machine, with margin
-FAST_PATH_ENV = [
-    {"name": "RAY_SERVE_ENABLE_HA_PROXY", "value": "1"},
-    {"name": "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING", "value": "1"},
-]
 
 
 def _manifest() -> dict[str, Any]:
     doc = copy.deepcopy(load(TINY))
     doc["metadata"]["name"] = "tiny-haproxy"
-    doc["spec"]["env"] = [*doc["spec"].get("env", []), *FAST_PATH_ENV]
+    fast = [{"name": k, "value": v} for k, v in FAST_PATH_ENV.items()]
+    doc["spec"]["env"] = [*doc["spec"].get("env", []), *fast]
     return doc
 
 

@@ -52,6 +52,16 @@ def strip_gpu(example: dict[str, Any], tiny: dict[str, Any] | None = None) -> di
     return out
 
 
+def worker_gpus(rayservice: dict[str, Any]) -> list[str]:
+    """The GPU limit of every worker container ("0" where none), as strings."""
+    cluster = rayservice["spec"]["rayClusterConfig"]
+    return [
+        str(ct["resources"]["limits"].get("nvidia.com/gpu", "0"))
+        for g in cluster.get("workerGroupSpecs", [])
+        for ct in g["template"]["spec"]["containers"]
+    ]
+
+
 def code_delivery(rayservice: dict[str, Any]) -> list[dict[str, Any]]:
     """How each Ray pod template of a RayService gets serve_app: the ConfigMap volume, where each
     container mounts it, the PYTHONPATH that puts it first, the digest label. Equal for two

@@ -3,6 +3,8 @@ how many answers its Serve-app backends gave, the proof that requests went throu
 
 from __future__ import annotations
 
+# What a user puts in spec.env for the fast path (README, "Serving fast path").
+FAST_PATH_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING": "1"}
 METRICS_PORT = 9101
 # Ray Serve names each application's backend `http-<app>` (`default_backend` and `stats` are not
 # applications).

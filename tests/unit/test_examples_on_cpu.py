@@ -3,27 +3,16 @@ LLMService whose pods get serve_app exactly as the GPU ones do (the e2e ground s
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from llmservice_operator.render import render
 from llmservice_operator.render.code import CODE_ROOT, packaged
 from llmservice_operator.validate import parse
-from tests.support.examples import EXAMPLES, code_delivery, load, strip_gpu
+from tests.support.examples import EXAMPLES, code_delivery, load, strip_gpu, worker_gpus
 
 GPU_EXAMPLES = sorted(
     p.name for p in EXAMPLES.glob("*.yaml") if "gpu" in (load(p).get("spec") or {})
 )
-
-
-def _gpus(rayservice: dict[str, Any]) -> list[str]:
-    cluster = rayservice["spec"]["rayClusterConfig"]
-    return [
-        ct["resources"]["limits"].get("nvidia.com/gpu", "0")
-        for g in cluster.get("workerGroupSpecs", [])
-        for ct in g["template"]["spec"]["containers"]
-    ]
 
 
 def test_the_gpu_examples_are_found() -> None:
@@ -39,7 +28,7 @@ def test_a_stripped_gpu_example_is_a_cpu_service_with_the_same_code_delivery(nam
     cpu, gpu = parse(stripped), parse(example)  # both valid
     code = packaged()
     cpu_rs, gpu_rs = render(cpu, code=code)[0], render(gpu, code=code)[0]
-    assert set(_gpus(cpu_rs)) == {"0"} and set(_gpus(gpu_rs)) != {"0"}
+    assert set(worker_gpus(cpu_rs)) == {"0"} and set(worker_gpus(gpu_rs)) != {"0"}
     delivery = code_delivery(cpu_rs)
     # The same mechanism, group by group (the CPU render has one worker group; pools may add more).
     assert delivery[0] == code_delivery(gpu_rs)[0]
