@@ -134,17 +134,17 @@ def _analyze(
         history.add(now, parse_metrics(texts), keep_s=spec.window_seconds + 2 * TICK_S)
         since = epoch(memory.step_started) if memory.step_started else now
         covered, window = history.window(now, spec.window_seconds, since)
-    stable = stats(_sum(window, memory.stable_app), memory.stable_version)
-    canary = stats(_sum(window, memory.canary_app), memory.canary_version)
+    stable_totals = _sum(window, memory.stable_app)
+    canary_totals = _sum(window, memory.canary_app)
     full = covered >= spec.window_seconds - TICK_S
-    result, reason = verdict(spec, stable, canary, full)
+    result, reason = verdict(spec, stable_totals, canary_totals, full)
     return result, AnalysisStatus(
         time=iso(now),
         window_seconds=round(covered, 1),
         verdict=result.value,
         reason=reason,
-        stable=stable,
-        canary=canary,
+        stable=stats(stable_totals, memory.stable_version),
+        canary=stats(canary_totals, memory.canary_version),
     )
 
 

@@ -143,20 +143,59 @@ def _rounded(v: float | None) -> float | None:
     return None if v is None else round(v, 4)
 
 
+def above(buckets: Mapping[float, float], limit: float) -> float:
+    """How many observations of a cumulative histogram lie above `limit` (linear within the
+    bucket, as `quantile`)."""
+    if not buckets:
+        return 0.0
+    bounds = sorted(buckets)
+    total = buckets[bounds[-1]]
+    lower, below = 0.0, 0.0
+    for bound in bounds:
+        count = buckets[bound]
+        if limit < bound:
+            if math.isinf(bound):
+                return total - below
+            at = below + (count - below) * (limit - lower) / (bound - lower)
+            return max(0.0, total - at)
+        lower, below = bound, count
+    return 0.0
+
+
+def _evidence(spec: AnalysisSpec) -> int:
+    """Canary answers that must break a limit before the gate rolls back: one cold or unlucky
+    answer is noise, not a verdict (with few answers, its share alone can move a p95)."""
+    return min(spec.min_requests, 5)
+
+
+def _slow_answers(totals: Totals, latency: str, limit: float) -> float:
+    """Canary answers (or their equivalent in inter-token gaps) slower than `limit`."""
+    if latency == "ttft":
+        return above(totals.ttft, limit)
+    gaps = max(totals.itl.values(), default=0.0)
+    if not gaps:
+        return 0.0
+    # Gaps come many per answer: one slow answer's gaps count as one answer.
+    return above(totals.itl, limit) * totals.requests / gaps
+
+
 def verdict(
-    spec: AnalysisSpec, stable: VersionStats, canary: VersionStats, full_window: bool
+    spec: AnalysisSpec, stable_totals: Totals, canary_totals: Totals, full_window: bool
 ) -> tuple[Verdict, str]:
     """Whether the canary may go on, with the numbers that decided it.
 
     Errors are judged on any number of answers: a canary that fails requests is rolled back
     at once. Latency needs ``min_requests`` answers (a p95 of three is noise), and a pass needs
-    them and a full window.
+    them and a full window. Either kind of limit fails the canary only when enough of its
+    answers broke it (`_evidence`); fewer leave the step waiting for more.
     """
+    stable, canary = stats(stable_totals, None), stats(canary_totals, None)
+    needed = _evidence(spec)
     enough = canary.requests >= spec.min_requests
     if spec.max_error_rate is not None and canary.requests and canary.error_rate is not None:
         # Above the stable version's own rate: clients' bad requests fail on both alike.
         allowed = spec.max_error_rate + (stable.error_rate or 0.0)
-        if canary.error_rate > allowed and canary.errors >= min(spec.min_requests, 5):
+        if canary.error_rate > allowed and canary.errors >= needed:
             return Verdict.FAIL, (
                 f"canary error rate {canary.error_rate:.1%} ({canary.errors}/{canary.requests}) "
                 f"over {allowed:.1%} (stable {stable.error_rate or 0.0:.1%} + "
@@ -166,19 +205,32 @@ def verdict(
         return Verdict.INCONCLUSIVE, (
             f"{canary.requests}/{spec.min_requests} canary answers in the window"
         )
-    for name, mine, theirs, ratio, cap in (
-        ("TTFT p95", canary.ttft_p95_seconds, stable.ttft_p95_seconds,
+    waiting: str | None = None
+    for latency, name, mine, theirs, ratio, cap in (
+        ("ttft", "TTFT p95", canary.ttft_p95_seconds, stable.ttft_p95_seconds,
          spec.max_ttft_p95_ratio, spec.max_ttft_p95_seconds),
-        ("inter-token latency p95", canary.itl_p95_seconds, stable.itl_p95_seconds,
+        ("itl", "inter-token latency p95", canary.itl_p95_seconds, stable.itl_p95_seconds,
          spec.max_itl_p95_ratio, spec.max_itl_p95_seconds),
     ):  # fmt: skip
         if mine is None:
             continue
+        broken: list[tuple[float, str]] = []
         if cap is not None and mine > cap:
-            return Verdict.FAIL, f"canary {name} {mine:.3f}s over {cap:.3f}s"
+            broken.append((cap, f"canary {name} {mine:.3f}s over {cap:.3f}s"))
         compared = ratio is not None and theirs and stable.requests >= spec.min_requests
         if compared and ratio is not None and theirs is not None and mine > ratio * theirs:
-            return Verdict.FAIL, f"canary {name} {mine:.3f}s over {ratio:g}x stable's {theirs:.3f}s"
+            why = f"canary {name} {mine:.3f}s over {ratio:g}x stable's {theirs:.3f}s"
+            broken.append((ratio * theirs, why))
+        for limit, why in broken:
+            slow = _slow_answers(canary_totals, latency, limit)
+            if slow >= needed:
+                return Verdict.FAIL, why
+            waiting = waiting or (
+                f"{why}, but in about {slow:.0f} of {canary.requests} answers "
+                f"(a rollback needs {needed}): waiting for more"
+            )
+    if waiting:
+        return Verdict.INCONCLUSIVE, waiting
     if not full_window:
         return Verdict.INCONCLUSIVE, "limits hold so far; the window is not full yet"
     return Verdict.PASS, (

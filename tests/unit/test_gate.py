@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from llmservice_operator.api.models import AnalysisSpec, VersionStats
+from llmservice_operator.api.models import AnalysisSpec
 from llmservice_operator.gate import (
     History,
     Totals,
     Verdict,
+    above,
     parse_metrics,
     quantile,
     stats,
@@ -70,38 +71,72 @@ def test_a_window_is_the_difference_of_two_scrapes_and_survives_a_restart() -> N
     assert window[("llm-b", "v2")].outcomes == {"ok": 5.0}
 
 
+INF = float("inf")
 SPEC = AnalysisSpec(min_requests=20, max_error_rate=0.01, max_ttft_p95_ratio=1.5)
 
 
-def _stats(requests: int, errors: int = 0, ttft: float | None = 0.1) -> VersionStats:
-    return VersionStats(
-        requests=requests,
-        errors=errors,
-        error_rate=errors / requests if requests else None,
-        ttft_p95_seconds=ttft,
+def _totals(requests: int, errors: int = 0, ttft: float = 0.1) -> Totals:
+    """Answers whose TTFTs all fall in the bucket ending at `ttft` (p95 = 0.95 * ttft)."""
+    n = float(requests)
+    return Totals({"ok": n - errors, "server_error": float(errors)}, {ttft: n, INF: n})
+
+
+def _gaps(answers: int, slow_answers: int, per_answer: int = 7) -> Totals:
+    """`answers` streams of `per_answer` inter-token gaps each: 10 ms, or 200 ms in slow ones."""
+    gaps = float(answers * per_answer)
+    fast = gaps - slow_answers * per_answer
+    return Totals(
+        {"ok": float(answers)},
+        {0.05: float(answers), INF: float(answers)},
+        {0.01: fast, 0.15: fast, 0.2: gaps, INF: gaps},
     )
 
 
 def test_failing_requests_roll_back_at_once_even_before_min_requests() -> None:
-    result, reason = verdict(SPEC, _stats(200, 0), _stats(6, 6), full_window=False)
+    result, reason = verdict(SPEC, _totals(200, 0), _totals(6, 6), full_window=False)
     assert result is Verdict.FAIL and "6/6" in reason
 
 
 def test_errors_are_judged_above_the_stable_versions_own_rate() -> None:
     # Clients' bad requests fail on both versions alike: not the canary's fault.
-    result, _ = verdict(SPEC, _stats(200, 10), _stats(40, 2), full_window=True)
+    result, _ = verdict(SPEC, _totals(200, 10), _totals(40, 2), full_window=True)
     assert result is Verdict.PASS
 
 
 def test_latency_needs_enough_answers_then_fails_on_the_ratio() -> None:
-    assert verdict(SPEC, _stats(200), _stats(5, 0, 9.0), True)[0] is Verdict.INCONCLUSIVE
-    result, reason = verdict(SPEC, _stats(200, 0, 0.1), _stats(30, 0, 0.4), True)
+    assert verdict(SPEC, _totals(200), _totals(5, 0, 9.0), True)[0] is Verdict.INCONCLUSIVE
+    result, reason = verdict(SPEC, _totals(200, 0, 0.1), _totals(30, 0, 0.4), True)
     assert result is Verdict.FAIL and "TTFT p95" in reason and "1.5x" in reason
 
 
+def test_one_cold_answer_waits_for_more_and_enough_slow_answers_fail() -> None:
+    spec = AnalysisSpec(min_requests=5, max_itl_p95_ratio=10)
+    # 9 canary answers, one of them cold: 7 of 63 gaps slow puts the p95 at 20x stable's,
+    # but one answer is no verdict; the step waits (the window slides past it).
+    result, reason = verdict(spec, _gaps(200, 0), _gaps(9, 1), full_window=True)
+    assert result is Verdict.INCONCLUSIVE, reason
+    assert "inter-token latency p95" in reason and "about 1 of 9" in reason
+    # Half of them slow: a slow version, rolled back.
+    result, reason = verdict(spec, _gaps(200, 0), _gaps(10, 5), full_window=True)
+    assert result is Verdict.FAIL and "10x stable's" in reason, reason
+    # The same for an absolute cap on TTFT: one slow first token waits, five fail.
+    capped = AnalysisSpec(min_requests=5, max_ttft_p95_seconds=0.25)
+    slow_one = Totals({"ok": 10.0}, {0.05: 9.0, 0.25: 9.0, 1.0: 10.0, INF: 10.0})
+    assert verdict(capped, _totals(100), slow_one, True)[0] is Verdict.INCONCLUSIVE
+    slow_five = Totals({"ok": 10.0}, {0.05: 5.0, 0.25: 5.0, 1.0: 10.0, INF: 10.0})
+    assert verdict(capped, _totals(100), slow_five, True)[0] is Verdict.FAIL
+
+
+def test_above_counts_observations_over_a_limit_as_quantile_interpolates() -> None:
+    buckets = {0.1: 50.0, 0.2: 100.0, INF: 100.0}
+    assert above(buckets, 0.15) == pytest.approx(25.0)
+    assert above(buckets, 0.2) == 0.0 and above(buckets, 0.05) == pytest.approx(75.0)
+    assert above({0.1: 10.0, INF: 12.0}, 0.5) == 2.0 and above({}, 1.0) == 0.0
+
+
 def test_a_pass_needs_a_full_window() -> None:
-    assert verdict(SPEC, _stats(200), _stats(30), full_window=False)[0] is Verdict.INCONCLUSIVE
-    assert verdict(SPEC, _stats(200), _stats(30), full_window=True)[0] is Verdict.PASS
+    assert verdict(SPEC, _totals(200), _totals(30), full_window=False)[0] is Verdict.INCONCLUSIVE
+    assert verdict(SPEC, _totals(200), _totals(30), full_window=True)[0] is Verdict.PASS
 
 
 def test_stats_report_counts_rates_and_percentiles() -> None:

@@ -418,7 +418,9 @@ class AnalysisSpec(_Model):
 
     Measured by the router that splits the traffic (it sees every answer of both versions,
     errors an engine refuses included), over the trailing window. A limit left unset is not
-    checked; a ratio compares the canary with the stable version over the same window.
+    checked; a ratio compares the canary with the stable version over the same window. A broken
+    limit rolls the canary back only when at least min(minRequests, 5) of its answers broke it;
+    fewer (one cold answer) leave the step waiting for more.
     """
 
     window_seconds: int = Field(
