@@ -246,6 +246,7 @@ def reconcile(
         )
         p = plan(svc.spec, extra_replicas(decision.layout, p))
     apply_error: str | None = None
+    new_generation = False  # this reconcile wrote a RayService generation KubeRay has not seen
     needs_apply = _needs_apply(rayservice, live, rs_in_line)
     starts_canary = decision.layout is not None and len(decision.layout.arms) > len(
         live_arms(live)[0]
@@ -265,8 +266,10 @@ def reconcile(
         action = "created" if live is None else "updated"
         try:
             CODE.ensure(kube, code, recheck=fresh)  # before the pods that mount it
+            before = _generation(live)
             live = kube.apply_rayservice(rayservice)
             CHILDREN.written(live, rayservice["spec"])
+            new_generation = before is None or before != _generation(live)
         except kopf.PermanentError as exc:
             # Refused by the API server (RBAC, admission, no KubeRay CRD): say so in status,
             # and retry with back-off: a fixed RBAC or an installed KubeRay heals it.
@@ -292,7 +295,7 @@ def reconcile(
         apply_error = "; ".join(filter(None, [apply_error, str(exc)]))
 
     model_app = canary.stable_app(decision.layout) or model_app_name(svc.spec)
-    obs = observe(kube, body, svc, p, live, apply_error, model_app)
+    obs = observe(kube, body, svc, p, live, apply_error, model_app, new_generation)
     rolled_back = decision.rollout is not None and (
         decision.rollout.rolled_back_hash == canary.wanted(svc, plan(svc.spec)).hash
         and decision.rollout.phase == RolloutPhase.ROLLED_BACK
@@ -437,6 +440,10 @@ def _refuse_foreign(
     raise kopf.PermanentError(f"not adopting: {conflict}")
 
 
+def _generation(obj: Mapping[str, Any] | None) -> int | None:
+    return None if obj is None else (obj.get("metadata") or {}).get("generation")
+
+
 def observe(
     kube: Kube,
     body: Mapping[str, Any],
@@ -445,10 +452,12 @@ def observe(
     live: Mapping[str, Any] | None,
     apply_error: str | None,
     model_app: str,
+    new_generation: bool = False,
 ) -> Observation:
     """Read the RayClusters and Ray's Serve state; keep worker-group sizes in line on the way.
 
-    ``model_app`` is the Serve application of the version that serves (the stable one)."""
+    ``model_app`` is the Serve application of the version that serves (the stable one);
+    ``new_generation``: this reconcile just wrote a RayService generation KubeRay has not seen."""
     if live is None:
         return Observation(rayservice=None, apply_error=apply_error)
     namespace = svc.metadata.namespace
@@ -481,9 +490,13 @@ def observe(
         clusters[role] = dataclasses.replace(parsed, serve=serve)
     rejection = None
     rs_meta = live.get("metadata") or {}
-    if rs_status.get("observedGeneration") != rs_meta.get("generation") and rs_meta.get("uid"):
+    lagging = rs_status.get("observedGeneration") != rs_meta.get("generation")
+    if lagging and rs_meta.get("uid") and not new_generation:
         # KubeRay refuses an invalid RayService before it writes any status: its Warning
-        # event is the only place that says so.
+        # event is the only place that says so. Not looked up right after writing a new
+        # generation: KubeRay has not judged it yet, so any refusal there is of an older one;
+        # and the lookup is a LIST that the API server answers by scanning every event of
+        # the namespace (a burst of N creates made it O(N^2): 320 s of 4,000 creates' API time).
         rejection = kube.kuberay_rejection(namespace, str(rs_meta["uid"]))
     return Observation(
         rayservice=live,

@@ -50,6 +50,7 @@ class FakeKube:
         self.events: list[tuple[str, str, str]] = []
         self.cluster_patches: list[tuple[str, list[dict[str, Any]]]] = []
         self.rejections: dict[str, str] = {}
+        self.rejection_lookups = 0  # event LISTs: the API server scans the namespace's events
         self.apply_hook: Callable[[Mapping[str, Any]], None] | None = None
         self.kuberay_installed = True
         self.llmservice_version: str | None = None  # the LLMService's live resourceVersion
@@ -162,6 +163,7 @@ class FakeKube:
         return copy.deepcopy(self.serve.get((namespace, head_service)))
 
     def kuberay_rejection(self, namespace: str, uid: str) -> str | None:
+        self.rejection_lookups += 1
         return self.rejections.get(uid)
 
     def ray_pod_metrics(self, namespace: str, cluster: str) -> list[str]:

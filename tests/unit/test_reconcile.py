@@ -136,6 +136,24 @@ def test_an_apply_the_api_server_refuses_is_apply_failed_and_retried() -> None:
     assert kube.events[-1][:2] == ("Warning", "ApplyFailed")
 
 
+def test_a_new_generation_is_not_judged_by_an_older_ones_refusal() -> None:
+    """Right after writing a generation KubeRay has not seen, events can only be about an older
+    one: not looked up (an events LIST scans the namespace; a burst made that quadratic)."""
+    kube = FakeKube()
+    reconcile(kube, tiny(), "create")
+    assert kube.rejection_lookups == 0
+    rs = kube.rayservices[(NS, "tiny")]
+    rs["status"] = {"observedGeneration": 0}
+    kube.rejections[rs["metadata"]["uid"]] = "InvalidRayServiceSpec: bad"
+    reconcile(kube, tiny(), "resync")  # same generation, still not observed: looked up
+    assert kube.rejection_lookups == 1
+    status = reconcile(kube, tiny(replicas=2), "update")  # a new generation replaces it
+    assert kube.rejection_lookups == 1
+    assert kube.rayservices[(NS, "tiny")]["metadata"]["generation"] == 2
+    reasons = {cond["reason"] for cond in status["conditions"]}
+    assert "ValidationFailed" not in reasons, status["conditions"]
+
+
 def test_kuberay_rejection_becomes_degraded() -> None:
     kube = FakeKube()
     reconcile(kube, tiny(), "create")
