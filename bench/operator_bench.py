@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import threading
 import time
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import client, watch
+from prometheus_client.parser import text_string_to_metric_families
 
 from llmservice_operator import constants as c
 from tests.cluster.harness import LocalCluster
@@ -69,6 +71,35 @@ def _requests(m: Metrics, verbs: tuple[str, ...] | None = None) -> float:
     if verbs is None:
         return m.value(API_REQUESTS)
     return sum(m.value(API_REQUESTS, verb=v) for v in verbs)
+
+
+def _apiserver(api: client.ApiClient) -> dict[str, float]:
+    """The API server's own request time by "VERB resource[/sub]" (seconds, cumulative), and
+    its CPU seconds under "cpu": where a burst's time goes on the server side."""
+    request = api.param_serialize(
+        "GET", "/metrics", header_params={"Accept": "text/plain"}, auth_settings=["BearerToken"]
+    )
+    text = bytes(api.call_api(*request).read() or b"").decode()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "process_cpu_seconds":
+            out["cpu"] = family.samples[0].value
+        if family.name != "apiserver_request_duration_seconds":
+            continue
+        for sample in family.samples:
+            if not sample.name.endswith("_sum"):
+                continue
+            labels = sample.labels
+            key = f"{labels.get('verb')} {labels.get('resource')}"
+            if labels.get("subresource"):
+                key += f"/{labels['subresource']}"
+            out[key] = out.get(key, 0.0) + sample.value
+    return out
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -119,11 +150,15 @@ def run(n: int, keep_kuberay: bool, resync_interval: float) -> dict[str, Any]:
             )
             created[name] = time.monotonic()
 
+        assert proc.proc is not None
+        server_before, cpu_before = _apiserver(cluster.api_client), _cpu_s(proc.proc.pid)
         began = time.monotonic()
         with ThreadPoolExecutor(max_workers=16) as pool:
             list(pool.map(create, range(n)))
         create_s = time.monotonic() - began
         done.wait(timeout=burst_timeout)
+        server_after, cpu_after = _apiserver(cluster.api_client), _cpu_s(proc.proc.pid)
+        server = {k: v - server_before.get(k, 0.0) for k, v in server_after.items()}
         all_s = max(appeared.values()) - began if appeared else float("nan")
         latencies = [appeared[k] - created[k] for k in created if k in appeared]
 
@@ -159,7 +194,6 @@ def run(n: int, keep_kuberay: bool, resync_interval: float) -> dict[str, Any]:
         total = n + STEADY
         pass_requests = _requests(resynced) - _requests(settled)
         pass_writes = _requests(resynced, WRITE_VERBS) - _requests(settled, WRITE_VERBS)
-        assert proc.proc is not None
         result = {
             "llmservices": n,
             "rayservices_seen": len(appeared),
@@ -173,6 +207,12 @@ def run(n: int, keep_kuberay: bool, resync_interval: float) -> dict[str, Any]:
             "api_requests_per_reconcile": round(_requests(after_steady) / max(reconciles, 1), 2),
             "resync_requests_per_object": round(pass_requests / total, 2),
             "resync_writes_unchanged": pass_writes,
+            "burst_operator_cpu_s": round(cpu_after - cpu_before, 1),
+            "burst_apiserver_cpu_s": round(server.pop("cpu", float("nan")), 1),
+            # The API server's request time during the burst, largest first.
+            "burst_apiserver_request_s": {
+                k: round(v, 1) for k, v in sorted(server.items(), key=lambda kv: -kv[1])[:8]
+            },
             "resync_interval_s": resync_interval,
             "kuberay_running": keep_kuberay,
         }

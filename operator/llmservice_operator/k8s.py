@@ -16,11 +16,13 @@ from typing import Any, cast
 
 import kopf
 import urllib3
-from kubernetes import client
+from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
 from llmservice_operator import constants as c
 from llmservice_operator import metrics
+from llmservice_operator.refusals import FIELD_SELECTOR as REFUSALS_SELECTOR
+from llmservice_operator.refusals import KUBERAY_REJECTIONS, Refusals
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +45,6 @@ TRANSPORT_ERRORS = (OSError, TimeoutError, urllib3.exceptions.HTTPError)
 SERVE_API_TIMEOUT_S = 5.0
 LIST_PAGE_SIZE = 500
 SERVE_DETAILS_PATH = "api/serve/applications/"
-# KubeRay's Warning events when it refuses a RayService (utils.InvalidRayServiceSpec/Metadata).
-KUBERAY_REJECTIONS = frozenset({"InvalidRayServiceSpec", "InvalidRayServiceMetadata"})
 
 
 class KubeRayMissing(Exception):
@@ -128,6 +128,8 @@ class Kube:
         self.custom = client.CustomObjectsApi(api_client)
         self.core = client.CoreV1Api(api_client)
         self.networking = client.NetworkingV1Api(api_client)
+        # KubeRay's refusals, kept by refusals.keep_watching once the operator starts it.
+        self.refusals = Refusals()
 
     def list_llmservices(self, namespaces: list[str]) -> list[dict[str, Any]]:
         """Every LLMService in the watched namespaces (all namespaces when none are given).
@@ -574,8 +576,52 @@ class Kube:
             log.debug("metrics of pod %s/%s not answering: %s", namespace, pod, exc)
             return None
 
+    def list_warning_events(self, namespace: str) -> tuple[list[dict[str, Any]], str]:
+        """Warning events about RayServices in `namespace` ("" for all), and the list's version."""
+        what = f"list RayService warnings in {namespace or 'all namespaces'}"
+        with classified(what, "list", "events"):
+            kw: dict[str, Any] = {
+                "field_selector": REFUSALS_SELECTOR,
+                "_request_timeout": REQUEST_TIMEOUT_S,
+                "_preload_content": False,
+            }
+            resp: Any = (
+                self.core.list_namespaced_event(namespace, **kw)
+                if namespace
+                else self.core.list_event_for_all_namespaces(**kw)
+            )
+            body = json.loads(resp.data)  # the raw response (_preload_content=False)
+        return list(body.get("items") or []), str(body["metadata"]["resourceVersion"])
+
+    def watch_warning_events(
+        self, namespace: str, resource_version: str, timeout_s: int
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Changes of those events from `resource_version` on, for up to `timeout_s`.
+
+        An ERROR notification (410 Gone: the version is too old) is raised as ApiException."""
+        metrics.API_REQUESTS.labels(verb="watch", resource="events").inc()
+        core = self.core
+        call, args = (
+            (core.list_namespaced_event, (namespace,))
+            if namespace
+            else (core.list_event_for_all_namespaces, ())
+        )
+        stream = watch.Watch().stream(  # type: ignore[no-untyped-call]
+            call, *args, field_selector=REFUSALS_SELECTOR, resource_version=resource_version,
+            timeout_seconds=timeout_s, allow_watch_bookmarks=True,
+            _request_timeout=(REQUEST_TIMEOUT_S[0], timeout_s + 30),
+        )  # fmt: skip
+        for change in stream:
+            raw = change.get("raw_object") or {}
+            if change["type"] == "ERROR":
+                raise ApiException(status=int(raw.get("code") or 500), reason=raw.get("message"))
+            yield str(change["type"]), raw
+
     def kuberay_rejection(self, namespace: str, uid: str) -> str | None:
-        """The latest message of KubeRay refusing this RayService, if it did (Warning events)."""
+        """The latest message of KubeRay refusing this RayService, if it did (Warning events):
+        from the watch's store once it has listed the namespace, else one filtered LIST."""
+        if self.refusals.synced(namespace):
+            return self.refusals.latest(uid)
         with classified(f"list events of RayService {namespace}", "list", "events"):
             events = self.core.list_namespaced_event(
                 namespace,

@@ -48,6 +48,7 @@ from llmservice_operator.observe import (
     parse_serve,
 )
 from llmservice_operator.plan import Plan, plan
+from llmservice_operator.refusals import keep_watching
 from llmservice_operator.render import (
     SERVE_APP_NAME,
     extra_replicas,
@@ -581,6 +582,24 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     if config.metrics_port:
         metrics.serve(config.metrics_port)
     memo["resync"] = asyncio.create_task(_resync_forever(memo["kube"], config))
+    # KubeRay's refusals: one filtered watch per watched namespace (all: one for the cluster).
+    memo["refusals_stop"] = stop = threading.Event()
+    kube: Kube = memo["kube"]
+    for scope in config.namespaces or [""]:
+        threading.Thread(
+            target=keep_watching,
+            args=(kube, kube.refusals, scope, stop, lambda ns, name: _on_refusal(kube, ns, name)),
+            name=f"refusals-{scope or 'all'}", daemon=True,
+        ).start()  # fmt: skip
+
+
+def _on_refusal(kube: Kube, namespace: str, rayservice: str) -> None:
+    """KubeRay just refused a RayService: say so in its LLMService's status now, not at the
+    next resync (a refusal changes nothing on the RayService, so no child event comes)."""
+    live = kube.get_rayservice(namespace, rayservice)
+    owner = ((live or {}).get("metadata") or {}).get("labels", {}).get(c.LABEL_LLMSERVICE)
+    if owner:
+        _reconcile_owner(kube, namespace, str(owner), None, "kuberay-refusal", log)
 
 
 @kopf.on.cleanup()
@@ -588,6 +607,9 @@ async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
     task = memo.get("resync")
     if task is not None:
         task.cancel()
+    stop = memo.get("refusals_stop")
+    if stop is not None:
+        stop.set()
 
 
 async def _resync_forever(kube: Kube, config: OperatorConfig) -> None:

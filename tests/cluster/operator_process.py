@@ -191,11 +191,16 @@ class OperatorProcess:
 
 @contextmanager
 def running_operator(
-    cluster: LocalCluster, request: pytest.FixtureRequest, name: str, *, metrics: bool = False
+    cluster: LocalCluster,
+    request: pytest.FixtureRequest,
+    name: str,
+    *extra: str,
+    metrics: bool = False,
 ) -> Iterator[OperatorProcess]:
-    """CRD installed, operator started; on the way out stopped, its log printed if tests failed."""
+    """CRD installed, operator started (with `extra` arguments); on the way out stopped, its
+    log printed if tests failed."""
     install_llmservice_crd(cluster.api_client)
-    proc = OperatorProcess(cluster, name, metrics=metrics)
+    proc = OperatorProcess(cluster, name, *extra, metrics=metrics)
     proc.start()
     failed_before = request.session.testsfailed
     try:

@@ -52,7 +52,7 @@ NAMESPACED_RULES = {
     ("", "configmaps"): {"create"},
     ("", "services/proxy"): {"get"},
     ("", "pods/proxy"): {"get"},
-    ("", "events"): {"create", "list"},
+    ("", "events"): {"create", "list", "watch"},
     ("events.k8s.io", "events"): {"create"},
 }
 CRD_RULES = {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}

@@ -125,11 +125,12 @@ llmservice_operator/k8s.py and kopf's watches, patches and events.
   resources: ["pods/proxy"]
   verbs: ["get"]
 # Events about each apply and each rejected spec (core/v1 today; events.k8s.io is the same
-# Event storage under its newer API, so granting both adds no power). list: KubeRay's
-# InvalidRayServiceSpec Warning on a RayService is the only record that it refused it.
+# Event storage under its newer API, so granting both adds no power). list, watch: KubeRay's
+# InvalidRayServiceSpec Warning on a RayService is the only record that it refused it (one
+# watch of Warning events about RayServices keeps them).
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "list"]
+  verbs: ["create", "list", "watch"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create"]
