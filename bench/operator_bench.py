@@ -8,7 +8,9 @@ once steady (50 more, one at a time, polled every 10 ms, with N live), the opera
 (VmHWM), the Kubernetes API requests per reconcile (the operator's own counter,
 llmservice_api_requests_total: kopf's watches and bookkeeping patches not included), and what
 one whole resync pass over the unchanged N costs: its requests per object and its writes (the
-goal is none). KubeRay is stopped by default so the measurement is the operator's, not KubeRay
+goal is none). During the burst it also reports the operator's and the API server's CPU seconds
+and the API server's own request time by verb and resource (its /metrics): where the time went.
+KubeRay is stopped by default so the measurement is the operator's, not KubeRay
 building thousands of Ray clusters on a 2-core machine.
 """
 
