@@ -22,7 +22,7 @@ from kubernetes.client.exceptions import ApiException
 from llmservice_operator import constants as c
 from llmservice_operator import metrics
 from llmservice_operator.refusals import FIELD_SELECTOR as REFUSALS_SELECTOR
-from llmservice_operator.refusals import KUBERAY_REJECTIONS, Refusals
+from llmservice_operator.refusals import Refusals, latest, refusal
 
 log = logging.getLogger(__name__)
 
@@ -623,20 +623,11 @@ class Kube:
         if self.refusals.synced(namespace):
             return self.refusals.latest(uid)
         with classified(f"list events of RayService {namespace}", "list", "events"):
-            events = self.core.list_namespaced_event(
+            resp: Any = self.core.list_namespaced_event(
                 namespace,
                 field_selector=f"involvedObject.uid={uid}",
                 _request_timeout=REQUEST_TIMEOUT_S,
+                _preload_content=False,
             )
-        rejected = [
-            e for e in events.items if e.type == "Warning" and e.reason in KUBERAY_REJECTIONS
-        ]
-        if not rejected:
-            return None
-
-        def when(e: Any) -> dt.datetime:
-            stamp = e.last_timestamp or e.event_time or e.first_timestamp
-            return stamp or dt.datetime.min.replace(tzinfo=dt.UTC)
-
-        latest = max(rejected, key=when)
-        return f"{latest.reason}: {latest.message}"
+            items = json.loads(resp.data).get("items") or []
+        return latest(r for r in map(refusal, items) if r is not None)

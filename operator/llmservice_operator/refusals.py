@@ -61,6 +61,12 @@ def refusal(event: Mapping[str, Any]) -> Refusal | None:
     )
 
 
+def latest(refusals: Iterable[Refusal]) -> str | None:
+    """KubeRay's words in the most recent of these refusals (None: there are none)."""
+    newest = max(refusals, key=lambda r: r.time, default=None)
+    return None if newest is None else newest.text
+
+
 def _parse(stamp: object) -> dt.datetime:
     if isinstance(stamp, dt.datetime):
         return stamp
@@ -87,8 +93,7 @@ class Refusals:
 
     def latest(self, uid: str) -> str | None:
         with self._lock:
-            mine = [r for r in self._events.values() if r.uid == uid]
-        return max(mine, key=lambda r: r.time).text if mine else None
+            return latest(r for r in self._events.values() if r.uid == uid)
 
     def replace(self, scope: str, events: Iterable[Mapping[str, Any]]) -> None:
         """A fresh LIST of `scope` (a namespace, or "" for all): what it holds is all there is."""
@@ -98,16 +103,18 @@ class Refusals:
             self._events.update({(r.namespace, r.event): r for r in found})
             self._synced.add(scope)
 
-    def apply(self, kind: str, event: Mapping[str, Any]) -> None:
-        """One watch notification (ADDED, MODIFIED or DELETED) of an Event."""
+    def apply(self, kind: str, event: Mapping[str, Any]) -> Refusal | None:
+        """One watch notification (ADDED, MODIFIED or DELETED) of an Event; the refusal it
+        brought, if any."""
         meta = event.get("metadata") or {}
         key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
-        found = refusal(event)
+        found = None if kind == "DELETED" else refusal(event)
         with self._lock:
-            if kind == "DELETED" or found is None:
+            if found is None:
                 self._events.pop(key, None)
             else:
                 self._events[key] = found
+        return found
 
     def unsynced(self, scope: str) -> None:
         with self._lock:
@@ -155,8 +162,7 @@ def keep_watching(
                 version = (event.get("metadata") or {}).get("resourceVersion") or version
                 if kind == "BOOKMARK":
                     continue
-                refusals.apply(kind, event)
-                found = refusal(event) if kind != "DELETED" else None
+                found = refusals.apply(kind, event)
                 if found is not None:
                     _tell(on_refusal, found.namespace, event)
             failures = 0
