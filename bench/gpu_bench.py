@@ -11,9 +11,11 @@ minutes of start-up and the measurement fit a remote machine's per-command limit
 
 (a) vLLM's OpenAI server, (b) stock ``ray.serve.llm.build_openai_app`` on its own Ray cluster with
 Ray's defaults, (c) our serve_app from the renderer's serveConfigV2 for a GPU LLMService, on its
-own Ray cluster whose environment is the rendered pods' (serve_app/tuning.py): ``ours`` as
-rendered by default, ``fast`` with the fast path in spec.env (Ray Serve's HAProxy mode and direct
-streaming: the replica is the HTTP ingress, HAProxy in front; one per machine). Same model
+own Ray cluster whose environment is the rendered pods' (serve_app/tuning.py): ``fast`` as
+rendered by default (Ray Serve's HAProxy mode and direct streaming: the replica is the HTTP
+ingress, HAProxy in front; one per machine), ``ours`` with the fast path turned off in spec.env
+(the proxy + router path a Canary runs). Four engines do not fit one GPU at 0.3 each: start
+``ours`` instead of one of the others. Same model
 directory, same engine settings, same client. All three stay resident on the one GPU (each gets
 the same slice of its memory), so rounds interleave without restarts; they start one after
 another because vLLM sizes its KV cache from a memory profile that another process's start-up
@@ -38,8 +40,6 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Any
-
-from tests.support.haproxy import FAST_PATH_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 STATE = Path(os.environ.get("GPU_BENCH_STATE", "/tmp/llmsvc-gpubench"))
@@ -134,7 +134,8 @@ def _base_env() -> dict[str, str]:
 
 
 def _our_llmservice(model_dir: str, fast: bool = False) -> dict[str, Any]:
-    env = [{"name": k, "value": v} for k, v in FAST_PATH_ENV.items()] if fast else []
+    # The fast path is the renderer's GPU default; ``ours`` turns it off (proxy + router).
+    env = [] if fast else [{"name": "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING", "value": "0"}]
     return {
         "apiVersion": "llmservice.dev/v1alpha1",
         "kind": "LLMService",

@@ -6,10 +6,12 @@
 #   3. give every Ray pod of the LLMService a real Ray node in its own network namespace
 #      (hack/demo-ray-node.sh: KWOK pods run nothing; the head pod's node runs the GCS and the
 #      dashboard, the worker pod's node joins it and runs the Serve replica with vLLM);
-#   4. `kubectl apply -f manifests/examples/tiny.yaml`: the operator renders and applies the
-#      RayService, KubeRay creates the RayCluster and submits the serve config to its head;
+#   4. `kubectl apply -f manifests/examples/tiny-fast-path.yaml`: the operator renders and applies
+#      the RayService, KubeRay creates the RayCluster and submits the serve config to its head;
 #   5. wait until the LLMService is Ready, then ask it something through the Kubernetes
-#      service proxy with the openai client.
+#      service proxy with the openai client, and show that HAProxy answered it (Ray Serve's
+#      fast path: HAProxy on port 8000, the model's replica the ingress; DEMO_EXAMPLE=
+#      manifests/examples/tiny.yaml shows the proxy + router path instead).
 # `make demo-down` stops everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +20,7 @@ dir=${DEMO_CLUSTER_DIR:-.cache/cluster}
 case $dir in /*) ;; *) dir=$PWD/$dir ;; esac  # absolute: KUBECONFIG and the hints below use it
 py=.venv/bin/python
 kubectl=bin/kubectl
-example=${DEMO_EXAMPLE:-manifests/examples/tiny.yaml}
+example=${DEMO_EXAMPLE:-manifests/examples/tiny-fast-path.yaml}
 timeout_s=${DEMO_TIMEOUT:-120}
 
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
@@ -89,6 +91,19 @@ resp = client.chat.completions.create(
 print("assistant:", repr(resp.choices[0].message.content), "(random weights: any text is a success)")
 print("usage:", resp.usage)
 PY
+
+if $py -c "import sys,yaml; env=yaml.safe_load(open(sys.argv[1]))['spec'].get('env', []); sys.exit(not any(e.get('name') == 'RAY_SERVE_ENABLE_HA_PROXY' and e.get('value') == '1' for e in env))" "$example"; then
+  step "Who answered: HAProxy's own counters (its Prometheus exporter, port 9101 of the Ray pods)"
+  answered=0
+  for pod in $($kubectl get pods -l "llmservice.dev/name=$name" -o jsonpath='{.items[*].metadata.name}'); do
+    n=$($kubectl get --raw "/api/v1/namespaces/default/pods/$pod:9101/proxy/metrics" \
+      | $py -c "import sys; from tests.support.haproxy import app_responses_2xx; print(app_responses_2xx(sys.stdin.read()))")
+    echo "$pod: $n answers from the Serve app's HAProxy backend"
+    answered=$((answered + n))
+  done
+  [ "$answered" -ge 1 ] || die "HAProxy counted no answer: the request did not go through it"
+  echo "HAProxy answered $answered request(s): the fast path served them"
+fi
 
 step "kubectl get llmsvc"
 $kubectl get llmsvc

@@ -13,6 +13,8 @@ LLM_DEPLOYMENT_PREFIX: Final = "LLMServer:"
 # The application that owns the route: the router, or (direct streaming) the whole model.
 ROUTER_APP: Final = "llm"
 ROUTER_DEPLOYMENT: Final = "OpenAIRouter"
+# What that application imports under direct streaming (the whole OpenAI app, one version).
+DIRECT_APP_IMPORT_PATH: Final = "serve_app.app:build"
 # The router's own metrics (Ray adds its "ray_" prefix when it exports them).
 ROUTER_METRIC_PREFIX: Final = "llmservice_router_"
 # Two slots, so that a canary never shares an application with the version it may replace.

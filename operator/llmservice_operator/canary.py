@@ -24,6 +24,7 @@ from llmservice_operator.gate import History, Totals, parse_metrics, stats, verd
 from llmservice_operator.k8s import Kube
 from llmservice_operator.observe import (
     cluster_names,
+    direct_arm,
     live_arms,
     parse_cluster,
     parse_serve,
@@ -33,12 +34,14 @@ from llmservice_operator.plan import Plan
 from llmservice_operator.render import STABLE_SLOT, Arm, Layout, app_args, deployment_args
 from llmservice_operator.rollout import (
     Decision,
+    RolloutPhase,
     View,
     Wanted,
     config_hash,
     decide,
     epoch,
     iso,
+    version_of,
 )
 from serve_app.naming import version_app
 
@@ -76,6 +79,10 @@ def plan_rollout(
     memory = RolloutStatus.model_validate(memory_raw) if memory_raw else None
     want = wanted(svc, p)
     arms, sticky = live_arms(live)
+    if svc.spec.rollout.strategy is RolloutStrategy.CANARY and not arms:
+        onto_router = _onto_router(live, want)
+        if onto_router is not None:
+            return onto_router
     view = View(arms, sticky, None, {})
     now = time.time()
     canary_wanted = (
@@ -99,6 +106,29 @@ def plan_rollout(
     if decision.layout == default:  # the renderer's own: no second render
         return dataclasses.replace(decision, layout=None)
     return decision
+
+
+def _onto_router(live: Mapping[str, Any] | None, want: Wanted) -> Decision | None:
+    """A canary asked of a service on the fast path (direct streaming: no router, one version).
+
+    The traffic split needs the router, so the live version first moves onto it, unchanged;
+    the Ray containers' environment changes with it, which KubeRay carries out with a second
+    Ray cluster that takes the traffic once it serves. The canary then starts from there, as
+    from any router config. Without this step the new version would replace the old one in
+    that roll, with no canary at all.
+    """
+    current = direct_arm(live)
+    if current is None or config_hash(current.args) == want.hash:
+        return None
+    version = version_of(current.args) or "the live version"
+    rollout = RolloutStatus(
+        strategy=RolloutStrategy.CANARY.value,
+        phase=RolloutPhase.PROGRESSING.value,
+        message=f"moving {version} onto the router before the canary (a canary needs it; "
+        "the fast path has none): KubeRay rolls the Ray cluster once",
+    )
+    layout = Layout((Arm(STABLE_SLOT, dict(current.args), want.deployment, 100.0),))
+    return Decision(layout, rollout)
 
 
 def _serve_details(
@@ -154,8 +184,3 @@ def _sum(window: Mapping[tuple[str, str], Totals], app: str) -> Totals:
         if name == app:
             out.add(totals)
     return out
-
-
-def stable_app(layout: Layout | None) -> str | None:
-    """The Serve application of the stable version (None: the renderer's default)."""
-    return None if layout is None else version_app(layout.arms[0].slot)

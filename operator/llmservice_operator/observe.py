@@ -19,7 +19,13 @@ import yaml
 
 from llmservice_operator import constants as c
 from llmservice_operator.api.models import RolloutStatus
-from serve_app.naming import LLM_DEPLOYMENT_PREFIX, ROUTER_APP, ROUTER_DEPLOYMENT
+from serve_app.naming import (
+    DIRECT_APP_IMPORT_PATH,
+    LLM_DEPLOYMENT_PREFIX,
+    ROUTER_APP,
+    ROUTER_DEPLOYMENT,
+    SLOTS,
+)
 
 
 class AppState(StrEnum):
@@ -303,6 +309,26 @@ def live_arms(rayservice: Mapping[str, Any] | None) -> tuple[tuple[LiveArm, ...]
     except (yaml.YAMLError, KeyError, TypeError, ValueError):
         return (), None
     return arms, split.get("sticky_header")
+
+
+def direct_arm(rayservice: Mapping[str, Any] | None) -> LiveArm | None:
+    """The one version of a serveConfigV2 in the direct-streaming layout (the model's replica
+    is the ingress: one application, no router), or None for any other config."""
+    text = ((rayservice or {}).get("spec") or {}).get("serveConfigV2")
+    if not isinstance(text, str):
+        return None
+    try:
+        (app,) = yaml.load(text, Loader=_LOADER)["applications"]
+        if app["name"] != ROUTER_APP or app["import_path"] != DIRECT_APP_IMPORT_PATH:
+            return None
+        return LiveArm(
+            slot=SLOTS[0],
+            args=app["args"],
+            options=(app.get("deployments") or [{}])[0],
+            weight=100.0,
+        )
+    except (yaml.YAMLError, KeyError, TypeError, ValueError):
+        return None
 
 
 def router_weights(details: Mapping[str, Any] | None) -> dict[str, float] | None:

@@ -11,11 +11,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmservice_operator.api.models import LLMServiceSpec, Toleration
+from llmservice_operator.api.models import LLMServiceSpec, RolloutStrategy, Toleration
+from serve_app.tuning import GPU_FAST_PATH_ENV
 
 # Ray Serve LLM's direct streaming (read as Ray reads it: exactly "1") makes the model's
 # replica the HTTP ingress, which needs the whole OpenAI app in one application.
 DIRECT_STREAMING_ENV = "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING"
+HA_PROXY_ENV = "RAY_SERVE_ENABLE_HA_PROXY"  # Ray Serve's HAProxy mode, which direct streaming needs
 
 CPU_GROUP = "cpu"
 GPU_GROUP = "gpu"
@@ -48,9 +50,29 @@ class Plan:
         return self.replicas is None
 
 
-def direct_streaming(spec: LLMServiceSpec) -> bool:
-    """Whether the Ray containers run Ray Serve LLM's direct streaming (a literal env value)."""
-    return any(e.name == DIRECT_STREAMING_ENV and e.value == "1" for e in spec.env)
+def fast_path_by_default(spec: LLMServiceSpec, versions: int = 1) -> bool:
+    """Whether the renderer adds Ray Serve's fast path (``GPU_FAST_PATH_ENV``) to the pods.
+
+    GPUs only, and only where one version serves and the strategy is not Canary, whose traffic
+    split needs the router; a spec.env entry of either name means the user chose. ``versions``:
+    how many versions the rendered config runs (two while a canary's traffic is taken back), so
+    that the pods' environment and the config's topology always come from the same answer.
+    """
+    return (
+        spec.gpu is not None
+        and spec.rollout.strategy is not RolloutStrategy.CANARY
+        and versions == 1
+        and not any(e.name in GPU_FAST_PATH_ENV for e in spec.env)
+    )
+
+
+def direct_streaming(spec: LLMServiceSpec, versions: int = 1) -> bool:
+    """Whether the Ray containers run Ray Serve LLM's direct streaming: a literal spec.env
+    value (exactly "1", as Ray reads it), else the GPU default."""
+    own = next((e for e in spec.env if e.name == DIRECT_STREAMING_ENV), None)
+    if own is not None:
+        return own.value == "1"
+    return fast_path_by_default(spec, versions)
 
 
 def workers_for(replicas: int, gpus_per_replica: int, gpus_per_node: int) -> int:

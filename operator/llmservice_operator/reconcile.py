@@ -295,7 +295,7 @@ def reconcile(
     except kopf.PermanentError as exc:
         apply_error = "; ".join(filter(None, [apply_error, str(exc)]))
 
-    model_app = canary.stable_app(decision.layout) or model_app_name(svc.spec)
+    model_app = model_app_name(svc.spec, decision.layout)
     obs = observe(kube, body, svc, p, live, apply_error, model_app, new_generation)
     rolled_back = decision.rollout is not None and (
         decision.rollout.rolled_back_hash == canary.wanted(svc, plan(svc.spec)).hash

@@ -113,7 +113,7 @@ class Wanted:
         return config_hash(self.args)
 
 
-def _version(args: Mapping[str, Any]) -> str | None:
+def version_of(args: Mapping[str, Any]) -> str | None:
     v = args.get("model_version")
     return None if v is None else str(v)
 
@@ -218,8 +218,8 @@ def decide(
         strategy=RolloutStrategy.CANARY.value,
         phase=RolloutPhase.PROGRESSING.value,
         steps=len(canary_spec.steps),
-        stable_version=_version(stable.args),
-        canary_version=_version(wanted.args),
+        stable_version=version_of(stable.args),
+        canary_version=version_of(wanted.args),
         stable_app=version_app(stable.slot),
         canary_app=canary_app,
         canary_hash=wanted.hash,

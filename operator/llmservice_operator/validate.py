@@ -29,6 +29,7 @@ from llmservice_operator.api.models import (
 from llmservice_operator.errors import FieldError, InvalidSpecError, from_pydantic
 from llmservice_operator.plan import (
     DIRECT_STREAMING_ENV,
+    HA_PROXY_ENV,
     direct_streaming,
     served_name_of,
     workers_for,
@@ -125,6 +126,7 @@ def _check(spec: LLMServiceSpec) -> Iterator[FieldError]:
     yield from _check_gpu(spec)
     yield from _check_network(spec)
     yield from _check_env(spec)
+    yield from _check_fast_path(spec)
     yield from _check_rollout(spec)
     yield from _check_kubernetes_names(spec)
 
@@ -328,6 +330,19 @@ def _check_env(spec: LLMServiceSpec) -> Iterator[FieldError]:
     for i, env_from in enumerate(spec.env_from):
         if (env_from.secret_ref is None) == (env_from.config_map_ref is None):
             yield FieldError(f"spec.envFrom[{i}]", "set exactly one of secretRef and configMapRef")
+
+
+def _check_fast_path(spec: LLMServiceSpec) -> Iterator[FieldError]:
+    # Ray Serve serves a replica as the HTTP ingress only behind HAProxy: without it the app
+    # fails to deploy ("`ingress_request_router` requires HAProxy"), long after the apply.
+    haproxy = any(e.name == HA_PROXY_ENV and e.value == "1" for e in spec.env)
+    for i, e in enumerate(spec.env):
+        if e.name == DIRECT_STREAMING_ENV and e.value == "1" and not haproxy:
+            yield FieldError(
+                f"spec.env[{i}]",
+                f"{DIRECT_STREAMING_ENV}=1 needs {HA_PROXY_ENV}=1 in spec.env too (Ray "
+                "Serve makes a replica the ingress only behind HAProxy)",
+            )
 
 
 def _check_rollout(spec: LLMServiceSpec) -> Iterator[FieldError]:

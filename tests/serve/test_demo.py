@@ -1,4 +1,4 @@
-"""`make demo`'s flow in CI: LLMService -> operator -> RayService -> KubeRay -> Ray Serve + vLLM.
+"""`make demo`'s flow in CI: LLMService -> operator -> RayService -> KubeRay -> HAProxy -> vLLM.
 
 Runs hack/demo.sh against its own control plane directory and tears everything down afterwards
 (operator, the Ray node and its network namespace, the control plane).
@@ -53,5 +53,7 @@ def test_demo_serves_a_chat_completion_and_reports_ready(tmp_path: Path) -> None
         assert done.returncode == 0, out[-4000:]
         assert "Ready=True (Serving)" in out, out[-4000:]
         assert "models: ['tiny-llama']" in out and "assistant:" in out, out[-4000:]
+        # The demo serves on Ray Serve's fast path: HAProxy's own exporter counted the answer.
+        assert "the fast path served them" in out, out[-4000:]
     finally:
         _teardown(cluster_dir)

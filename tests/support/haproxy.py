@@ -3,8 +3,11 @@ how many answers its Serve-app backends gave, the proof that requests went throu
 
 from __future__ import annotations
 
-# What a user puts in spec.env for the fast path (README, "Serving fast path").
-FAST_PATH_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING": "1"}
+from serve_app.tuning import GPU_FAST_PATH_ENV
+
+# The fast path's switches: the GPU default, and what a CPU LLMService puts in spec.env for it
+# (README, "Serving fast path").
+FAST_PATH_ENV = GPU_FAST_PATH_ENV
 METRICS_PORT = 9101
 # Ray Serve names each application's backend `http-<app>` (`default_backend` and `stats` are not
 # applications).

@@ -9,6 +9,9 @@ from llmservice_operator.yamlio import load_all
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "manifests" / "examples"
+# The model's application in a rendered serveConfigV2: a version behind the router, or the
+# whole app under direct streaming (the GPU default).
+MODEL_IMPORT_PATHS = frozenset({"serve_app.app:build_model", "serve_app.app:build"})
 
 
 def example_services() -> dict[str, dict[str, Any]]:

@@ -49,9 +49,14 @@ def kuberay_acts(kube: FakeKube, active: str | None = "tiny-a", pending: str | N
     }
 
 
-def serve_on(kube: FakeKube, cluster: str, running: int, target: int, version: str = "v1") -> None:
+def serve_on(kube: FakeKube, cluster: str, running: int, target: int, version: str = "v1",
+             direct: bool = False) -> None:  # fmt: skip
+    """Serve's details on ``cluster``: the router and version ``a``, or (``direct``, the GPU
+    fast path) the model's own application as the ingress."""
     details = copy.deepcopy(SERVE_DETAILS)
     app = details["applications"]["llm-a"]
+    if direct:
+        details["applications"] = {"llm": app}
     app["deployed_app_config"]["args"]["model_version"] = version
     dep = app["deployments"]["LLMServer:tiny-llama"]
     dep["target_num_replicas"] = target
@@ -494,7 +499,7 @@ def test_a_bluegreen_change_that_does_not_fit_is_held_until_it_does() -> None:
     reconcile(kube, body, "create")
     kuberay_acts(kube)
     kube.add_cluster(NS, "tiny-a", [cpu_group(2)], ready_workers=2)
-    serve_on(kube, "tiny-a", running=2, target=2, version="v1")
+    serve_on(kube, "tiny-a", running=2, target=2, version="v1", direct=True)
     applied = copy.deepcopy(kube.rayservices[(NS, "tiny")]["spec"])
     nodes = [node("cpu-0", "cpu"), node("l4-0", "l4", gpus=1), node("l4-1", "l4", gpus=1)]
     kube.room = (nodes, [pod("l4-0", gpus=1), pod("l4-1", gpus=1)])
@@ -684,3 +689,55 @@ def test_a_refused_code_configmap_is_an_apply_error_and_nothing_else_is_written(
         reconcile(kube, tiny(), "create")
     assert not kube.rayservices  # pods that mount missing code would never start
     assert kube.statuses and "forbidden" in str(kube.statuses[-1])
+
+
+def _env_names(kube: FakeKube) -> set[str]:
+    spec = kube.rayservices[(NS, "tiny")]["spec"]["rayClusterConfig"]
+    return {e["name"] for e in spec["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]}
+
+
+def test_a_canary_asked_on_the_gpu_fast_path_first_moves_the_live_version_onto_the_router() -> None:
+    """The fast path (the GPU default) has no router to split traffic: the live version moves
+    onto it unchanged first (a Ray cluster roll), and only then does the canary start."""
+    from tests.unit.test_capacity import l4_service
+
+    def gpu(version: str, generation: int, strategy: str) -> dict[str, Any]:
+        body = l4_service(version=version)
+        body["metadata"].update(name="tiny", generation=generation)
+        body["spec"]["rollout"] = {"strategy": strategy}
+        return body
+
+    kube = FakeKube()
+    reconcile(kube, gpu("v1", 1, "InPlace"), "create")
+    assert set(_apps(kube)) == {"llm"}  # the fast path: the model's app is the ingress
+    assert _apps(kube)["llm"]["import_path"] == "serve_app.app:build"
+    assert {"RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING"} <= _env_names(
+        kube
+    )
+    kuberay_acts(kube)
+    kube.add_cluster(NS, "tiny-a", [cpu_group(2)], ready_workers=2)
+    kube.serve_runs_config(NS, "tiny", "tiny-a")
+
+    # Canary and a new version in one edit: v1 moves onto the router first, v2 waits.
+    status = reconcile(kube, gpu("v2", 2, "Canary"), "update")
+    assert set(_apps(kube)) == {"llm", "llm-a"}
+    assert _apps(kube)["llm-a"]["args"]["model_version"] == "v1"
+    assert _router_weights(kube) == {"llm-a": 100.0}
+    assert not {"RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING"} & (
+        _env_names(kube)
+    )  # no HAProxy, no direct streaming: the pods change, so KubeRay rolls the cluster
+    assert status["rollout"]["phase"] == "Progressing"
+    assert "moving v1 onto the router" in status["rollout"]["message"]
+    assert not any(e[1] == "CanaryStarted" for e in kube.events)
+
+    # The new cluster serves v1 behind the router: now the canary starts beside it.
+    kuberay_acts(kube, active="tiny-b")
+    kube.add_cluster(NS, "tiny-b", [cpu_group(2)], ready_workers=2)
+    kube.serve_runs_config(NS, "tiny", "tiny-b")
+    v2 = gpu("v2", 2, "Canary")
+    v2["status"] = status
+    status = reconcile(kube, v2, "update")
+    assert set(_apps(kube)) == {"llm", "llm-a", "llm-b"}
+    assert _router_weights(kube) == {"llm-a": 100.0, "llm-b": 0.0}
+    assert _apps(kube)["llm-b"]["args"]["model_version"] == "v2"
+    assert any(e[1] == "CanaryStarted" for e in kube.events)

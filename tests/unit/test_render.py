@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 from typing import Any
 
@@ -12,7 +13,7 @@ from llmservice_operator.constants import ANNOTATION_SPEC_HASH
 from llmservice_operator.render import render_rayservice
 from llmservice_operator.validate import parse
 from serve_app.args import LLMAppArgs
-from tests.unit.examples import example_services
+from tests.unit.examples import MODEL_IMPORT_PATHS, ROOT, example_services
 
 EXAMPLES = example_services()
 
@@ -24,7 +25,7 @@ def _render(obj: dict[str, Any]) -> dict[str, Any]:
 def _model_options(rs: dict[str, Any]) -> dict[str, Any]:
     """The `deployments` options of the model's application (its counts)."""
     apps = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"]
-    (app,) = [a for a in apps if a["import_path"] == "serve_app.app:build_model"]
+    (app,) = [a for a in apps if a["import_path"] in MODEL_IMPORT_PATHS]
     (options,) = app["deployments"]
     assert options["name"].startswith("LLMServer:")
     return dict(options)
@@ -32,7 +33,7 @@ def _model_options(rs: dict[str, Any]) -> dict[str, Any]:
 
 def _app_args(rs: dict[str, Any]) -> LLMAppArgs:
     apps = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"]
-    (app,) = [a for a in apps if a["import_path"] == "serve_app.app:build_model"]
+    (app,) = [a for a in apps if a["import_path"] in MODEL_IMPORT_PATHS]
     return LLMAppArgs.model_validate(app["args"])
 
 
@@ -127,18 +128,97 @@ def _containers(rs: dict[str, Any]) -> list[dict[str, Any]]:
     return [c for p in pods for c in p["template"]["spec"]["containers"]]
 
 
+def _env_of(container: dict[str, Any]) -> dict[str, str | None]:
+    return {e["name"]: e.get("value") for e in container["env"]}
+
+
+def _topology(rs: dict[str, Any]) -> list[str]:
+    return [a["import_path"] for a in yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"]]
+
+
 def test_gpu_services_get_the_serve_fast_path_and_cpu_services_do_not() -> None:
-    from serve_app.tuning import GPU_SERVE_ENV
+    from serve_app.tuning import GPU_FAST_PATH_ENV, GPU_SERVE_ENV
 
     gpu = _render(EXAMPLES["llama-8b-l4"])
     for container in _containers(gpu):
-        env = {e["name"]: e.get("value") for e in container["env"]}
+        env = _env_of(container)
         assert {k: env.get(k) for k in GPU_SERVE_ENV} == GPU_SERVE_ENV
+        assert {k: env.get(k) for k in GPU_FAST_PATH_ENV} == GPU_FAST_PATH_ENV
+    assert _topology(gpu) == ["serve_app.app:build"]  # the model's replica is the ingress
     assert _app_args(gpu).stream_batching_interval_ms == 0.0
     cpu = _render(EXAMPLES["tiny"])
     for container in _containers(cpu):
-        assert not {e["name"] for e in container["env"]} & GPU_SERVE_ENV.keys()
+        assert not _env_of(container).keys() & (GPU_SERVE_ENV.keys() | GPU_FAST_PATH_ENV.keys())
+    assert _topology(cpu)[0] == "serve_app.router:build"
     assert _app_args(cpu).stream_batching_interval_ms is None  # Ray's own default on CPU
+
+
+def test_a_gpu_canary_keeps_the_router_and_a_user_can_turn_the_fast_path_off() -> None:
+    from serve_app.tuning import GPU_FAST_PATH_ENV
+
+    canary = _render(EXAMPLES["llama-8b-l4-canary"])  # the split needs the router
+    assert _topology(canary)[0] == "serve_app.router:build"
+    for container in _containers(canary):
+        assert not _env_of(container).keys() & GPU_FAST_PATH_ENV.keys()
+    off = copy.deepcopy(EXAMPLES["llama-8b-l4"])
+    off["spec"]["env"] = [{"name": "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING", "value": "0"}]
+    rs = _render(off)
+    assert _topology(rs)[0] == "serve_app.router:build"
+    for container in _containers(rs):
+        env = _env_of(container)
+        assert env.get("RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING") == "0"  # the user's, once
+        assert "RAY_SERVE_ENABLE_HA_PROXY" not in env
+
+
+def test_while_a_canarys_traffic_goes_back_the_pods_stay_off_the_fast_path() -> None:
+    """Leaving Canary mid-rollout renders two versions until the canary has no traffic: the
+    router stays and so does the pods' environment (no roll then); the fast path comes with the
+    config that runs one version again."""
+    from llmservice_operator.plan import plan
+    from llmservice_operator.render import Layout, model_app_name, steady_layout
+    from serve_app.tuning import GPU_FAST_PATH_ENV
+
+    svc = parse(EXAMPLES["llama-8b-l4"])  # InPlace
+    p = plan(svc.spec)
+    (stable,) = steady_layout(svc, p).arms
+    canary = dataclasses.replace(stable, slot="b", weight=0.0)
+    two = Layout((stable, canary))
+    rs = render_rayservice(svc, two)
+    assert _topology(rs)[0] == "serve_app.router:build"
+    for container in _containers(rs):
+        assert not _env_of(container).keys() & GPU_FAST_PATH_ENV.keys()
+    assert model_app_name(svc.spec, two) == "llm-a"
+    one = Layout((dataclasses.replace(stable, slot="b"),))  # the promoted slot, alone again
+    assert _topology(render_rayservice(svc, one)) == ["serve_app.app:build"]
+    assert model_app_name(svc.spec, one) == "llm"
+
+
+def test_every_gpu_default_the_docs_promise_is_in_the_rendered_pods() -> None:
+    """docs/performance.md's table "What the renderer sets for GPU LLMServices": each
+    `NAME=value` it lists as on is in every Ray container of every GPU example (the fast path's
+    rows say "not with Canary": not in the Canary example's)."""
+    doc = (ROOT / "docs" / "performance.md").read_text()
+    section = doc.split("### What the renderer sets for GPU LLMServices", 1)[1].split("\n#", 1)[0]
+    rows = [r for r in section.splitlines() if r.startswith("| `RAY_")]
+    promised = []
+    for row in rows:
+        m = re.match(r"\| `(RAY_[A-Z_]+)=(\w+)` \| ([^|]+)\|", row)
+        assert m, row
+        promised.append((m[1], m[2], "not with Canary" in m[3]))
+    assert {"RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING"} <= {
+        name for name, _, _ in promised
+    }
+    gpu_cases = [k for k, v in EXAMPLES.items() if v["spec"].get("gpu")]
+    assert len(gpu_cases) >= 4
+    for case in gpu_cases:
+        canary = EXAMPLES[case]["spec"].get("rollout", {}).get("strategy") == "Canary"
+        for container in _containers(_render(EXAMPLES[case])):
+            env = _env_of(container)
+            for name, value, not_with_canary in promised:
+                if canary and not_with_canary:
+                    assert name not in env, (case, name)
+                else:
+                    assert env.get(name) == value, (case, name)
 
 
 def test_user_env_and_spec_override_the_gpu_defaults() -> None:

@@ -8,13 +8,13 @@ from llmservice_operator.render import render_rayservice
 from llmservice_operator.validate import parse
 from serve_app.app import llm_config_kwargs
 from serve_app.args import LLMAppArgs
-from tests.unit.examples import example_services
+from tests.unit.examples import MODEL_IMPORT_PATHS, example_services
 
 
 def _args(case: str) -> LLMAppArgs:
     rs = render_rayservice(parse(example_services()[case]))
     apps = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"]
-    (app,) = [a for a in apps if a["import_path"] == "serve_app.app:build_model"]
+    (app,) = [a for a in apps if a["import_path"] in MODEL_IMPORT_PATHS]
     return LLMAppArgs.model_validate(app["args"])
 
 

@@ -241,3 +241,15 @@ def test_pythonpath_from_a_reference_is_refused() -> None:
     with pytest.raises(InvalidSpecError) as info:
         parse(obj)
     assert "spec.env[0].valueFrom: PYTHONPATH must be a literal value" in str(info.value)
+
+
+def test_direct_streaming_without_haproxy_is_refused_with_its_env_index() -> None:
+    obj = copy.deepcopy(example_services()["tiny"])
+    direct = {"name": "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING", "value": "1"}
+    obj["spec"]["env"] = [*obj["spec"]["env"], direct]
+    with pytest.raises(InvalidSpecError) as info:
+        parse(obj)
+    needs = "spec.env[1]: RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING=1 needs RAY_SERVE_ENABLE_HA_PROXY=1"
+    assert needs in str(info.value)
+    obj["spec"]["env"].append({"name": "RAY_SERVE_ENABLE_HA_PROXY", "value": "1"})
+    assert parse(obj).spec.env[1].value == "1"

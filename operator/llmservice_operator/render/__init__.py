@@ -23,7 +23,13 @@ from llmservice_operator.api.models import (
     NetworkPeer,
     RolloutStrategy,
 )
-from llmservice_operator.plan import Plan, WorkerGroupPlan, direct_streaming, plan
+from llmservice_operator.plan import (
+    Plan,
+    WorkerGroupPlan,
+    direct_streaming,
+    fast_path_by_default,
+    plan,
+)
 from llmservice_operator.render import code as code_
 from llmservice_operator.render.code import CodeBundle
 from serve_app.args import (
@@ -34,8 +40,14 @@ from serve_app.args import (
     RouterArgs,
     SplitArgs,
 )
-from serve_app.naming import ROUTER_APP, ROUTER_DEPLOYMENT, model_deployment, version_app
-from serve_app.tuning import GPU_SERVE_ENV, GPU_STREAM_BATCHING_INTERVAL_MS
+from serve_app.naming import (
+    DIRECT_APP_IMPORT_PATH,
+    ROUTER_APP,
+    ROUTER_DEPLOYMENT,
+    model_deployment,
+    version_app,
+)
+from serve_app.tuning import GPU_FAST_PATH_ENV, GPU_SERVE_ENV, GPU_STREAM_BATCHING_INTERVAL_MS
 
 # Ray release the defaults target; images carry Python 3.11 like this package.
 DEFAULT_RAY_VERSION = "2.60.0"
@@ -47,7 +59,7 @@ DEFAULT_GPU_IMAGE = f"rayproject/ray-llm:{DEFAULT_RAY_VERSION}-py311-cu128"
 # nothing of this project (serve_app/Dockerfile.cpu-base), built by the release workflow.
 CPU_VLLM_VERSION = "0.32.0"
 DEFAULT_CPU_IMAGE = f"ghcr.io/llmservice/ray-vllm-cpu:{DEFAULT_RAY_VERSION}-vllm{CPU_VLLM_VERSION}"
-SERVE_APP_IMPORT_PATH = "serve_app.app:build"
+SERVE_APP_IMPORT_PATH = DIRECT_APP_IMPORT_PATH
 MODEL_APP_IMPORT_PATH = "serve_app.app:build_model"
 ROUTER_IMPORT_PATH = "serve_app.router:build"
 SERVE_APP_NAME = ROUTER_APP
@@ -153,9 +165,13 @@ def steady_layout(svc: LLMService, p: Plan, slot: str = STABLE_SLOT) -> Layout:
     return Layout((Arm(slot, args, deployment_args(svc.spec, p), 100.0),))
 
 
-def model_app_name(spec: LLMServiceSpec, slot: str = STABLE_SLOT) -> str:
-    """The Serve application that runs the model (the version in ``slot``)."""
-    return SERVE_APP_NAME if direct_streaming(spec) else version_app(slot)
+def model_app_name(spec: LLMServiceSpec, layout: Layout | None = None) -> str:
+    """The Serve application that runs the stable version of ``layout`` (default: the spec's)."""
+    if layout is None:
+        return SERVE_APP_NAME if direct_streaming(spec) else version_app(STABLE_SLOT)
+    if direct_streaming(spec, len(layout.arms)):
+        return SERVE_APP_NAME
+    return version_app(layout.arms[0].slot)
 
 
 def _model_options(model_id: str, dep: DeploymentArgs) -> dict[str, Any]:
@@ -183,8 +199,8 @@ def serve_config(svc: LLMService, p: Plan, layout: Layout | None = None) -> str:
     spec = svc.spec
     layout = layout or steady_layout(svc, p)
     model_id = p.served_model_name
-    if direct_streaming(spec):
-        (arm,) = layout.arms
+    if direct_streaming(spec, len(layout.arms)):
+        (arm,) = layout.arms  # validation refuses Canary with direct streaming set by hand
         apps: list[dict[str, Any]] = [
             {
                 "name": SERVE_APP_NAME,
@@ -284,7 +300,7 @@ def _env_from(svc: LLMService) -> list[dict[str, Any]]:
     return [s.model_dump(mode="json", by_alias=True, exclude_none=True) for s in svc.spec.env_from]
 
 
-def _env(svc: LLMService) -> list[dict[str, Any]]:
+def _env(svc: LLMService, versions: int = 1) -> list[dict[str, Any]]:
     # serve_app comes first on the path, ahead of any copy baked into an image: the code that
     # runs is the code this renderer targets. A PYTHONPATH of the spec's is kept after it.
     own_path = next((e for e in svc.spec.env if e.name == "PYTHONPATH"), None)
@@ -298,6 +314,8 @@ def _env(svc: LLMService) -> list[dict[str, Any]]:
         # name wins, so a user can switch any of them off.
         own = {e.name for e in svc.spec.env}
         env += [{"name": k, "value": v} for k, v in GPU_SERVE_ENV.items() if k not in own]
+        if fast_path_by_default(svc.spec, versions):  # HAProxy + direct streaming
+            env += [{"name": k, "value": v} for k, v in GPU_FAST_PATH_ENV.items()]
     ref = svc.spec.model.hf_token_secret_ref
     if ref is not None:
         secret = {"secretKeyRef": {"name": ref.name, "key": ref.key}}
@@ -431,7 +449,7 @@ def render_rayservice(
         "ray_version": spec.ray_version or DEFAULT_RAY_VERSION,
         "autoscaling": p.autoscaling,
         "image": image,
-        "env": _env(svc),
+        "env": _env(svc, len(layout.arms) if layout is not None else 1),
         "env_from": _env_from(svc),
         "pod_labels": _pod_labels(svc, code),
         "head_resources": _resources(spec.head_resources.cpu, spec.head_resources.memory),
