@@ -23,12 +23,14 @@ from llmservice_operator.api.models import (
 from llmservice_operator.gate import History, Totals, parse_metrics, stats, verdict
 from llmservice_operator.k8s import Kube
 from llmservice_operator.observe import (
+    LiveArm,
     cluster_names,
     direct_arm,
     live_arms,
     parse_cluster,
     parse_serve,
     router_weights,
+    serves_direct,
 )
 from llmservice_operator.plan import Plan
 from llmservice_operator.render import STABLE_SLOT, Arm, Layout, app_args, deployment_args
@@ -80,9 +82,9 @@ def plan_rollout(
     want = wanted(svc, p)
     arms, sticky = live_arms(live)
     if svc.spec.rollout.strategy is RolloutStrategy.CANARY and not arms:
-        onto_router = _onto_router(live, want)
-        if onto_router is not None:
-            return onto_router
+        current = direct_arm(live)
+        if current is not None and config_hash(current.args) != want.hash:
+            return _onto_router(current, want)
     view = View(arms, sticky, None, {})
     now = time.time()
     canary_wanted = (
@@ -98,6 +100,10 @@ def plan_rollout(
             for a in arms
             if (app := parse_serve(details, version_app(a.slot), version_app(a.slot))) is not None
         }
+        if canary_wanted and len(arms) == 1 and serves_direct(details):
+            # The move onto the router is applied, but Serve still runs the fast path (KubeRay's
+            # second cluster is not serving yet): the canary waits for the router.
+            return _onto_router(arms[0], want)
         view = View(arms, sticky, router_weights(details), apps)
         if len(arms) > 1 and memory is not None:
             analysis = _analyze(kube, svc, live, memory, now)
@@ -108,18 +114,15 @@ def plan_rollout(
     return decision
 
 
-def _onto_router(live: Mapping[str, Any] | None, want: Wanted) -> Decision | None:
+def _onto_router(current: LiveArm, want: Wanted) -> Decision:
     """A canary asked of a service on the fast path (direct streaming: no router, one version).
 
-    The traffic split needs the router, so the live version first moves onto it, unchanged;
-    the Ray containers' environment changes with it, which KubeRay carries out with a second
-    Ray cluster that takes the traffic once it serves. The canary then starts from there, as
-    from any router config. Without this step the new version would replace the old one in
-    that roll, with no canary at all.
+    The traffic split needs the router, so the live version (``current``) first moves onto it,
+    unchanged; the Ray containers' environment changes with it, which KubeRay carries out with
+    a second Ray cluster that takes the traffic once it serves. The canary then starts from
+    there, as from any router config. Without this step the new version would replace the old
+    one in that roll, with no canary at all.
     """
-    current = direct_arm(live)
-    if current is None or config_hash(current.args) == want.hash:
-        return None
     version = version_of(current.args) or "the live version"
     rollout = RolloutStatus(
         strategy=RolloutStrategy.CANARY.value,

@@ -331,6 +331,15 @@ def direct_arm(rayservice: Mapping[str, Any] | None) -> LiveArm | None:
         return None
 
 
+def serves_direct(details: Mapping[str, Any] | None) -> bool:
+    """Whether Serve's route application runs the direct-streaming app (the fast path)."""
+    app = ((details or {}).get("applications") or {}).get(ROUTER_APP)
+    if not isinstance(app, Mapping):
+        return False
+    config = app.get("deployed_app_config") or {}
+    return bool(config.get("import_path") == DIRECT_APP_IMPORT_PATH)
+
+
 def router_weights(details: Mapping[str, Any] | None) -> dict[str, float] | None:
     """The weights the router runs now, by application (None: not settled on a config yet)."""
     app = ((details or {}).get("applications") or {}).get(ROUTER_APP)

@@ -730,6 +730,17 @@ def test_a_canary_asked_on_the_gpu_fast_path_first_moves_the_live_version_onto_t
     assert "moving v1 onto the router" in status["rollout"]["message"]
     assert not any(e[1] == "CanaryStarted" for e in kube.events)
 
+    # KubeRay's second cluster is starting; the old one still serves the fast path: the
+    # canary waits (the config stays v1 behind the router).
+    kuberay_acts(kube, pending="tiny-b", upgrading=True)
+    onto_router = copy.deepcopy(kube.rayservices[(NS, "tiny")]["spec"])
+    v2 = gpu("v2", 2, "Canary")
+    v2["status"] = status
+    status = reconcile(kube, v2, "update")
+    assert kube.rayservices[(NS, "tiny")]["spec"] == onto_router
+    assert "moving v1 onto the router" in status["rollout"]["message"]
+    assert not any(e[1] == "CanaryStarted" for e in kube.events)
+
     # The new cluster serves v1 behind the router: now the canary starts beside it.
     kuberay_acts(kube, active="tiny-b")
     kube.add_cluster(NS, "tiny-b", [cpu_group(2)], ready_workers=2)
