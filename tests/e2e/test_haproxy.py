@@ -20,8 +20,9 @@ from typing import Any
 
 import pytest
 
+from llmservice_operator.rollout import epoch
 from tests.e2e.conftest import Ground
-from tests.e2e.world import World
+from tests.e2e.world import NotYet, World
 from tests.support.examples import EXAMPLES, load
 from tests.support.haproxy import FAST_PATH_ENV, METRICS_PORT, app_responses_2xx
 from tests.support.loadgen import LoadGenerator
@@ -88,3 +89,92 @@ def test_streams_reach_users_through_haproxy_behind_the_serve_service(
         status_seen=f"Ready; {answered} streams answered by HAProxy for {report.succeeded} ok",
         ttft_p50_s=report.ttft_p50_s,
     )
+
+
+# Short steps for a test; latency gated by absolute caps only (on this ground two engines share
+# two cores, so a ratio would judge placement: see test_truth.GOOD_ROLLOUT).
+CANARY_FROM_FAST_PATH: dict[str, Any] = {
+    "strategy": "Canary",
+    "canary": {
+        "steps": [50, 100],
+        "pauseSeconds": 20,
+        "analysis": {
+            "windowSeconds": 30,
+            "minRequests": 5,
+            "maxErrorRate": 0.01,
+            "maxTtftP95Ratio": 100,
+            "maxItlP95Ratio": 100,
+            "maxTtftP95Seconds": 10,
+            "maxItlP95Seconds": 2,
+        },
+    },
+}
+
+
+def test_a_canary_asked_on_the_fast_path_moves_onto_the_router_first_and_no_request_fails(
+    ground_world: Ground,
+) -> None:
+    """The fast path has no router to split traffic. Turning it off and asking for a canary of
+    a new version in one edit must first move the live version onto the router (the pods'
+    environment changes: KubeRay brings up a second cluster and switches traffic once it
+    serves), then run the canary there, and promote it: the new version never takes traffic
+    before its canary step, and no request fails on the way."""
+    g, w = ground_world, ground_world.world
+    g.ensure_created(CONVERGE_S)
+    svc = w.wait("settled on the fast path", w.settled, CONVERGE_S)
+    stable = svc["status"]["activeVersion"]
+    new = f"{stable}-c1"
+    first_cluster = {rc["metadata"]["name"] for rc in w.rayclusters()}
+    assert len(first_cluster) == 1, first_cluster
+    began = time.monotonic()
+    own_env = [e for e in MANIFEST["spec"]["env"] if e["name"] not in FAST_PATH_ENV]
+    with LoadGenerator(
+        g.base_url, g.model, rate_per_s=2.0, max_tokens=8, timeout_s=120, max_duration_s=1500,
+        extra_body={"min_tokens": 8},
+    ) as load:  # fmt: skip
+        load.wait_for_successes(3, 120)
+        w.patch({"env": own_env, "rollout": CANARY_FROM_FAST_PATH, "model": {"version": new}})
+
+        def moving() -> dict[str, Any]:
+            rollout = dict(w.svc()["status"].get("rollout") or {})
+            if "onto the router" not in str(rollout.get("message")):
+                raise NotYet(f"rollout: {rollout}")
+            return rollout
+
+        w.wait("status says the live version moves onto the router", moving, 120)
+
+        def at_50() -> dict[str, Any]:
+            rollout = dict(w.svc()["status"].get("rollout") or {})
+            if rollout.get("weight") != 50.0 or rollout.get("phase") != "Progressing":
+                raise NotYet(f"rollout: {rollout}")
+            return rollout
+
+        rollout = w.wait("the canary at 50 % on the router", at_50, CONVERGE_S)
+        assert rollout["stableVersion"] == stable and rollout["canaryVersion"] == new
+        # The move happened on a second Ray cluster, which now serves behind the router.
+        serving_cluster = (w.active_cluster() or {}).get("metadata", {}).get("name")
+        assert serving_cluster and serving_cluster not in first_cluster, serving_cluster
+        apps = set((w.serve_details() or {}).get("applications") or {})
+        assert apps == {"llm", "llm-a", "llm-b"}, apps
+        step_started = time.monotonic()
+        svc = w.wait(f"{new} promoted and settled", w.settled, 600)
+        assert svc["status"]["rollout"]["phase"] == "Promoted"
+        assert svc["status"]["activeVersion"] == new
+        # Until the router ran the canary's first step, no answer came from the new version
+        # (the fast path's answers carry no version header: vLLM's own app, no router).
+        step_at = epoch(rollout["stepStarted"]) - time.time() + time.monotonic()
+        before_step = load.snapshot().versions_between(0.0, step_at - 1)
+        assert new not in before_step and sum(before_step.values()) > 0, before_step
+        settled_at = time.monotonic()
+        load.wait_for_successes(5, 120)
+        assert set(load.snapshot().versions_between(settled_at, time.monotonic())) == {new}
+    report = load.report
+    g.record(
+        "Canary asked on the fast path (router first, then 50, 100)",
+        sent=report.sent,
+        failed=report.failed,
+        converge_s=round(step_started - began, 1),
+        status_seen=f"moved onto the router on {serving_cluster}, canary 50 %, promoted {new}",
+        ttft_p50_s=report.ttft_p50_s,
+    )
+    assert report.failed == 0, f"{report.summary()}\nexamples: {report.examples}"

@@ -26,6 +26,7 @@ from llmservice_operator.k8s import Kube
 from llmservice_operator.observe import (
     ServeApp,
     cluster_names,
+    direct_arm,
     live_arms,
     parse_cluster,
     parse_serve,
@@ -168,8 +169,12 @@ class World:
         return parse_serve(details, SERVE_APP_NAME, self.stable_app())
 
     def stable_app(self) -> str:
-        """The Serve application of the version that serves (its slot moves on a promotion)."""
-        arms, _ = live_arms(self.rayservice())
+        """The Serve application of the version that serves (its slot moves on a promotion;
+        on the fast path the one application is the model's)."""
+        live = self.rayservice()
+        if direct_arm(live) is not None:
+            return SERVE_APP_NAME
+        arms, _ = live_arms(live)
         return version_app(arms[0].slot if arms else STABLE_SLOT)
 
     def serve_details(self) -> dict[str, Any] | None:
