@@ -75,6 +75,9 @@ def test_create_applies_the_rayservice_and_reports_creating() -> None:
     assert (NS, "tiny") in kube.rayservices
     assert status["phase"] == "Pending" and status["readyReplicas"] == 0
     assert kube.events[0][:2] == ("Normal", "Applied")
+    # One event for both children (an event is a write: one per reconcile, not per child).
+    (applied,) = [e for e in kube.events if e[1] == "Applied"]
+    assert applied[2].startswith("RayService tiny created, NetworkPolicy tiny created (create,")
 
 
 def test_scale_up_reaches_the_raycluster_and_status_waits_for_serve() -> None:
