@@ -22,6 +22,7 @@ import pytest
 
 from llmservice_operator.rollout import epoch
 from tests.e2e.conftest import Ground
+from tests.e2e.rollouts import GOOD_ROLLOUT
 from tests.e2e.world import NotYet, World
 from tests.support.examples import EXAMPLES, load
 from tests.support.haproxy import FAST_PATH_ENV, METRICS_PORT, app_responses_2xx
@@ -91,23 +92,10 @@ def test_streams_reach_users_through_haproxy_behind_the_serve_service(
     )
 
 
-# Short steps for a test; latency gated by absolute caps only (on this ground two engines share
-# two cores, so a ratio would judge placement: see test_truth.GOOD_ROLLOUT).
+# The good canary's gate (absolute latency caps; see tests/e2e/rollouts.py), in two steps.
 CANARY_FROM_FAST_PATH: dict[str, Any] = {
-    "strategy": "Canary",
-    "canary": {
-        "steps": [50, 100],
-        "pauseSeconds": 20,
-        "analysis": {
-            "windowSeconds": 30,
-            "minRequests": 5,
-            "maxErrorRate": 0.01,
-            "maxTtftP95Ratio": 100,
-            "maxItlP95Ratio": 100,
-            "maxTtftP95Seconds": 10,
-            "maxItlP95Seconds": 2,
-        },
-    },
+    **GOOD_ROLLOUT,
+    "canary": {**GOOD_ROLLOUT["canary"], "steps": [50, 100]},
 }
 
 
