@@ -41,6 +41,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from serve_app.tuning import DIRECT_STREAMING_ENV
+
 ROOT = Path(__file__).resolve().parents[1]
 STATE = Path(os.environ.get("GPU_BENCH_STATE", "/tmp/llmsvc-gpubench"))
 MODEL = "l8b"
@@ -135,7 +137,7 @@ def _base_env() -> dict[str, str]:
 
 def _our_llmservice(model_dir: str, fast: bool = False) -> dict[str, Any]:
     # The fast path is the renderer's GPU default; ``ours`` turns it off (proxy + router).
-    env = [] if fast else [{"name": "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING", "value": "0"}]
+    env = [] if fast else [{"name": DIRECT_STREAMING_ENV, "value": "0"}]
     return {
         "apiVersion": "llmservice.dev/v1alpha1",
         "kind": "LLMService",

@@ -23,10 +23,10 @@ GPU_SERVE_ENV: dict[str, str] = {
 # H100 (docs/performance.md, 3 interleaved rounds) it kept 0.99-1.06x the vLLM server's output
 # tokens/s at 1 to 256 streams, against 0.84x for the proxy + router path at 128. Either name in
 # spec.env turns the default off for that LLMService.
-GPU_FAST_PATH_ENV: dict[str, str] = {
-    "RAY_SERVE_ENABLE_HA_PROXY": "1",
-    "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING": "1",
-}
+HA_PROXY_ENV = "RAY_SERVE_ENABLE_HA_PROXY"  # Ray Serve's HAProxy mode
+# Ray Serve LLM's direct streaming (Ray reads exactly "1"); it needs HAProxy mode.
+DIRECT_STREAMING_ENV = "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING"
+GPU_FAST_PATH_ENV: dict[str, str] = {HA_PROXY_ENV: "1", DIRECT_STREAMING_ENV: "1"}
 
 # Ray Serve LLM re-batches streamed tokens in windows of this many ms (its default: 50). Every
 # first token waits for its window: on one H100 the default cost +47 ms of time-to-first-token

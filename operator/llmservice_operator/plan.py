@@ -12,12 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmservice_operator.api.models import LLMServiceSpec, RolloutStrategy, Toleration
-from serve_app.tuning import GPU_FAST_PATH_ENV
-
-# Ray Serve LLM's direct streaming (read as Ray reads it: exactly "1") makes the model's
-# replica the HTTP ingress, which needs the whole OpenAI app in one application.
-DIRECT_STREAMING_ENV = "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING"
-HA_PROXY_ENV = "RAY_SERVE_ENABLE_HA_PROXY"  # Ray Serve's HAProxy mode, which direct streaming needs
+from serve_app.tuning import DIRECT_STREAMING_ENV, GPU_FAST_PATH_ENV
 
 CPU_GROUP = "cpu"
 GPU_GROUP = "gpu"
@@ -67,8 +62,9 @@ def fast_path_by_default(spec: LLMServiceSpec, versions: int = 1) -> bool:
 
 
 def direct_streaming(spec: LLMServiceSpec, versions: int = 1) -> bool:
-    """Whether the Ray containers run Ray Serve LLM's direct streaming: a literal spec.env
-    value (exactly "1", as Ray reads it), else the GPU default."""
+    """Whether the Ray containers run Ray Serve LLM's direct streaming (the model's replica is
+    the HTTP ingress: the whole OpenAI app in one application): a literal spec.env value
+    (exactly "1", as Ray reads it), else the GPU default."""
     own = next((e for e in spec.env if e.name == DIRECT_STREAMING_ENV), None)
     if own is not None:
         return own.value == "1"

@@ -27,13 +27,8 @@ from llmservice_operator.api.models import (
     Toleration,
 )
 from llmservice_operator.errors import FieldError, InvalidSpecError, from_pydantic
-from llmservice_operator.plan import (
-    DIRECT_STREAMING_ENV,
-    HA_PROXY_ENV,
-    direct_streaming,
-    served_name_of,
-    workers_for,
-)
+from llmservice_operator.plan import direct_streaming, served_name_of, workers_for
+from serve_app.tuning import DIRECT_STREAMING_ENV, HA_PROXY_ENV
 
 # Ray's accelerator type names (ray.util.accelerators); Ray schedules on "accelerator_type:<X>".
 KNOWN_ACCELERATOR_TYPES = frozenset(

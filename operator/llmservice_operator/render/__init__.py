@@ -59,7 +59,6 @@ DEFAULT_GPU_IMAGE = f"rayproject/ray-llm:{DEFAULT_RAY_VERSION}-py311-cu128"
 # nothing of this project (serve_app/Dockerfile.cpu-base), built by the release workflow.
 CPU_VLLM_VERSION = "0.32.0"
 DEFAULT_CPU_IMAGE = f"ghcr.io/llmservice/ray-vllm-cpu:{DEFAULT_RAY_VERSION}-vllm{CPU_VLLM_VERSION}"
-SERVE_APP_IMPORT_PATH = DIRECT_APP_IMPORT_PATH
 MODEL_APP_IMPORT_PATH = "serve_app.app:build_model"
 ROUTER_IMPORT_PATH = "serve_app.router:build"
 SERVE_APP_NAME = ROUTER_APP
@@ -167,11 +166,10 @@ def steady_layout(svc: LLMService, p: Plan, slot: str = STABLE_SLOT) -> Layout:
 
 def model_app_name(spec: LLMServiceSpec, layout: Layout | None = None) -> str:
     """The Serve application that runs the stable version of ``layout`` (default: the spec's)."""
-    if layout is None:
-        return SERVE_APP_NAME if direct_streaming(spec) else version_app(STABLE_SLOT)
-    if direct_streaming(spec, len(layout.arms)):
+    arms = layout.arms if layout is not None else ()
+    if direct_streaming(spec, len(arms) or 1):
         return SERVE_APP_NAME
-    return version_app(layout.arms[0].slot)
+    return version_app(arms[0].slot if arms else STABLE_SLOT)
 
 
 def _model_options(model_id: str, dep: DeploymentArgs) -> dict[str, Any]:
@@ -205,7 +203,7 @@ def serve_config(svc: LLMService, p: Plan, layout: Layout | None = None) -> str:
             {
                 "name": SERVE_APP_NAME,
                 "route_prefix": spec.route_prefix,
-                "import_path": SERVE_APP_IMPORT_PATH,
+                "import_path": DIRECT_APP_IMPORT_PATH,
                 "args": arm.args,
                 "deployments": [_model_options(model_id, arm.deployment)],
             }
