@@ -587,6 +587,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     if config.metrics_port:
         metrics.serve(config.metrics_port)
     memo["resync"] = asyncio.create_task(_resync_forever(memo["kube"], config))
+    memo["rollout_ticks"] = asyncio.create_task(_tick_rollouts_forever(memo["kube"], config))
     # KubeRay's refusals: one filtered watch per watched namespace (all: one for the cluster).
     memo["refusals_stop"] = stop = threading.Event()
     kube: Kube = memo["kube"]
@@ -609,9 +610,9 @@ def _on_refusal(kube: Kube, namespace: str, rayservice: str) -> None:
 
 @kopf.on.cleanup()
 async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
-    task = memo.get("resync")
-    if task is not None:
-        task.cancel()
+    for task in (memo.get("resync"), memo.get("rollout_ticks")):
+        if task is not None:
+            task.cancel()
     stop = memo.get("refusals_stop")
     if stop is not None:
         stop.set()
@@ -669,12 +670,14 @@ async def _resync_pass(kube: Kube, config: OperatorConfig) -> str:
 
 @kopf.on.probe(id="resync")
 def resync_alive(memo: kopf.Memo, **_: Any) -> str:
-    """Liveness: the resync loop still runs (its end would leave missed events unrepaired)."""
-    task = memo.get("resync")
-    if task is None:
-        return "starting"
-    if task.done():
-        raise kopf.PermanentError("the resync loop has stopped")
+    """Liveness: the resync loop and the rollout ticker still run (the end of one would leave
+    missed events unrepaired, or a canary stuck at its step)."""
+    for key, what in (("resync", "the resync loop"), ("rollout_ticks", "the rollout ticker")):
+        task = memo.get(key)
+        if task is None:
+            return "starting"
+        if task.done():
+            raise kopf.PermanentError(f"{what} has stopped")
     return "running"
 
 
@@ -693,25 +696,65 @@ def on_llmservice(body: kopf.Body, memo: kopf.Memo, reason: str, retry: int, **_
         raise kopf.TemporaryError(str(exc), delay=delay) from exc
 
 
-def _rolling_out(status: Mapping[str, Any], **_: Any) -> bool:
+def _rolling_out(status: Mapping[str, Any]) -> bool:
     """A canary runs, or its application still has to go: look again every tick."""
     rollout = status.get("rollout") or {}
     return rollout.get("phase") in ACTIVE_PHASES or bool(rollout.get("canaryApp"))
 
 
-@kopf.timer(c.GROUP, c.VERSION, c.PLURAL, interval=canary.TICK_S, when=_rolling_out)
-async def rollout_tick(
-    body: kopf.Body,
-    memo: kopf.Memo,
-    logger: logging.Logger | logging.LoggerAdapter[Any],
-    **_: Any,
-) -> None:
-    """A canary's clock: steps, the gate and rollbacks happen on these ticks, not on events."""
-    meta = body["metadata"]
-    namespace, name = str(meta["namespace"]), str(meta["name"])
-    await asyncio.to_thread(
-        _reconcile_owner, memo["kube"], namespace, name, None, "rollout-tick", logger
-    )
+# The LLMServices a rollout is under way for, as the status each reconcile wrote says: the
+# rollout ticker's list. Not a kopf.timer: kopf keeps the whole body of every object a timer
+# might need (~15 KiB each, 150 MiB at 10,000) and puts a finalizer on those it runs for.
+_ROLLING: set[tuple[str, str]] = set()
+
+
+def _track_rollout(key: tuple[str, str], status: Mapping[str, Any]) -> None:
+    if _rolling_out(status):
+        _ROLLING.add(key)
+    else:
+        _ROLLING.discard(key)
+
+
+def rolling_out() -> list[tuple[str, str]]:
+    """The (namespace, name) of every LLMService the ticker looks at (sorted)."""
+    return sorted(_ROLLING)
+
+
+async def _tick_rollouts_forever(kube: Kube, config: OperatorConfig) -> None:
+    """A canary's clock: steps, the gate and rollbacks happen on these ticks, not on events.
+
+    Every TICK_S after the previous tick ended, each LLMService with a rollout under way is
+    reconciled, side by side (the objects' locks keep each one whole). Like the resync, only
+    cancellation ends it.
+    """
+    while True:
+        await asyncio.sleep(canary.TICK_S)
+        keys = rolling_out()
+        if not keys:
+            continue
+        try:
+            outranked: set[str] = set()
+            if not config.standalone:
+                outranked = await asyncio.to_thread(
+                    kube.outranked, config.peering_name, config.namespaces, config.priority
+                )
+            due = [k for k in keys if k[0] not in outranked and ALL_NAMESPACES not in outranked]
+            results = await asyncio.gather(
+                *(
+                    asyncio.to_thread(_reconcile_owner, kube, ns, name, None, "rollout-tick", log)
+                    for ns, name in due
+                ),
+                return_exceptions=True,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # e.g. the peering read failed: the next tick comes on time
+            log.exception("rollout tick failed")
+            continue
+        for (ns, name), result in zip(due, results, strict=True):
+            if isinstance(result, Exception):
+                log.error("rollout tick of %s/%s failed: %r", ns, name, result)
+                metrics.ERRORS.labels(kind="unexpected").inc()
 
 
 # One reconcile per object at a time, whichever trigger (kopf's handler, a child's event, the
@@ -761,6 +804,7 @@ def forget(namespace: str, name: str) -> None:
     with _LOCKS_GUARD:
         _LOCKS.pop((namespace, name), None)
     _RECONCILED.pop((namespace, name), None)
+    _ROLLING.discard((namespace, name))
     CHILDREN.forget(namespace, name)
     canary.forget(namespace, name)
 
@@ -813,7 +857,7 @@ def _counted(kube: Kube, body: Mapping[str, Any], trigger: str, attempt: int = 0
             log.debug("%s/%s: skipping an older copy of the spec (%s)", *key, trigger)
             return
         try:
-            reconcile(kube, body, trigger, attempt)
+            _track_rollout(key, reconcile(kube, body, trigger, attempt))
         except kopf.TemporaryError:
             metrics.ERRORS.labels(kind="temporary").inc()
             raise

@@ -612,6 +612,55 @@ def test_a_canary_runs_beside_the_stable_version_and_steps_when_serve_runs_it() 
     assert any(e[1] == "CanaryStep" for e in kube.events)
 
 
+def test_the_rollout_ticker_steps_a_canary_and_lets_a_steady_service_be(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The canary's clock is one operator-wide ticker (no kopf timer: kopf would keep every
+    object's body and put a finalizer on it): it reconciles only what a rollout is under way for."""
+    from llmservice_operator import canary as canary_mod
+    from llmservice_operator.reconcile import _tick_rollouts_forever, rolling_out
+    from llmservice_operator.settings import OperatorConfig
+
+    kube = FakeKube()
+    rollout = {"strategy": "Canary", "canary": {"steps": [10, 100], "pauseSeconds": 0}}
+    v1 = tiny(rollout=rollout)
+    kube.llmservices[(NS, "tiny")] = v1
+    _counted(kube, v1, "create")
+    assert (NS, "tiny") not in rolling_out()  # nothing under way: never ticked
+    kuberay_acts(kube)
+    kube.add_cluster(NS, "tiny-a", [cpu_group(1)], ready_workers=1)
+    kube.serve_runs_config(NS, "tiny", "tiny-a")
+    v2 = tiny(rollout=rollout, model={"source": "/models/tiny-llama", "version": "v2",
+                                      "servedModelName": "tiny-llama"})  # fmt: skip
+    v2["metadata"]["generation"] = 2
+    v2["status"] = kube.statuses[-1]
+    _counted(kube, v2, "update")
+    assert (NS, "tiny") in rolling_out()
+    assert _router_weights(kube) == {"llm-a": 100.0, "llm-b": 0.0}
+    kube.llmservices[(NS, "tiny")] = {**v2, "status": kube.statuses[-1]}
+    kuberay_acts(kube)
+    kube.serve_runs_config(NS, "tiny", "tiny-a")  # Serve runs both versions, 0 % on the canary
+    monkeypatch.setattr(canary_mod, "TICK_S", 0.01)
+    config = OperatorConfig(standalone=True, metrics_port=0)
+
+    async def run() -> None:
+        task = asyncio.create_task(_tick_rollouts_forever(kube, config))  # type: ignore[arg-type]
+        for _ in range(500):
+            if _router_weights(kube) == {"llm-a": 90.0, "llm-b": 10.0}:
+                break
+            assert not task.done(), task
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(run())
+    assert _router_weights(kube) == {"llm-a": 90.0, "llm-b": 10.0}  # step 1, on a tick
+    assert any(e[1] == "CanaryStep" for e in kube.events)
+    forget(NS, "tiny")
+    assert (NS, "tiny") not in rolling_out()
+
+
 def test_a_canary_whose_replica_does_not_fit_waits_for_room_and_starts_nothing() -> None:
     from tests.unit.test_capacity import l4_service, node, pod
 
