@@ -29,6 +29,7 @@ from llmservice_operator.observe import (
     live_arms,
     parse_cluster,
     parse_serve,
+    router_state,
     router_weights,
     serves_direct,
 )
@@ -104,7 +105,7 @@ def plan_rollout(
             # The move onto the router is applied, but Serve still runs the fast path (KubeRay's
             # second cluster is not serving yet): the canary waits for the router.
             return _onto_router(arms[0], want)
-        view = View(arms, sticky, router_weights(details), apps)
+        view = View(arms, sticky, router_weights(details), apps, router_state(details))
         if len(arms) > 1 and memory is not None:
             analysis = _analyze(kube, svc, live, memory, now)
     decision = decide(svc.spec, want, view, memory, analysis, now)

@@ -340,6 +340,21 @@ def serves_direct(details: Mapping[str, Any] | None) -> bool:
     return bool(config.get("import_path") == DIRECT_APP_IMPORT_PATH)
 
 
+def router_state(details: Mapping[str, Any] | None) -> str:
+    """Why ``router_weights`` has no answer, in Serve's words ("" when it has one)."""
+    if details is None:
+        return "no answer from Ray's dashboard"
+    app = (details.get("applications") or {}).get(ROUTER_APP)
+    if not isinstance(app, Mapping):
+        return f"no Serve application {ROUTER_APP!r}"
+    deployment = (app.get("deployments") or {}).get(ROUTER_DEPLOYMENT) or {}
+    if app.get("status") != AppState.RUNNING or deployment.get("status") != DEPLOYMENT_HEALTHY:
+        said = f"router application {app.get('status')}, deployment {deployment.get('status')}"
+        message = str(app.get("message") or deployment.get("message") or "").strip()
+        return f"{said}: {message[:200]}" if message else said
+    return ""
+
+
 def router_weights(details: Mapping[str, Any] | None) -> dict[str, float] | None:
     """The weights the router runs now, by application (None: not settled on a config yet)."""
     app = ((details or {}).get("applications") or {}).get(ROUTER_APP)

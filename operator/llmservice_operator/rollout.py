@@ -62,6 +62,7 @@ class View:
     sticky: str | None
     weights: Mapping[str, float] | None  # the router's, by application (None: not settled)
     apps: Mapping[str, ServeApp]  # Serve's state of each version's application
+    router: str = ""  # why `weights` is None, as Serve says (its router application's state)
 
 
 @dataclass(frozen=True)
@@ -180,8 +181,11 @@ def decide(
         if live_canary is not None:
             app = version_app(live_canary.slot)
             if (view.weights or {}).get(app, 1.0) != 0.0 or live_canary.weight != 0.0:
+                message = why
+                if phase is RolloutPhase.ABORTED:  # (a rollback's message is the gate's verdict)
+                    message = f"{why}; {_taking_back(view, app)}"
                 rollout = base.model_copy(
-                    update={"phase": phase.value, "weight": _weight(view, app), "message": why}
+                    update={"phase": phase.value, "weight": _weight(view, app), "message": message}
                 )
                 return Decision(layouts.split(live_canary.slot, live_canary.args, 0.0), rollout)
         done = base.model_copy(
@@ -375,6 +379,13 @@ def _rolled_back(
         f"canary {kept.canary_version or ''} rolled back: {why}{detail}".replace("  ", " "),
     )
     return Decision(layouts.split(live_canary.slot, live_canary.args, 0.0), rollout, (event,))
+
+
+def _taking_back(view: View, app: str) -> str:
+    """What taking a canary's share back waits for, as observed."""
+    if view.weights is None:
+        return f"waiting for Serve's router to run 0 % on {app} ({view.router or 'not settled'})"
+    return f"taking the router's {view.weights.get(app, 0.0):g} % on {app} back"
 
 
 def _weight(view: View, app: str) -> float | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
 from llmservice_operator.api.models import AnalysisStatus, RolloutStatus, VersionStats
@@ -166,6 +167,19 @@ def test_reverting_the_spec_mid_rollout_takes_traffic_back_before_removing_the_c
     d = step(back, running(arms), d.rollout, T0 + 20)
     assert weights(d.layout) == [("a", 100.0, 1), ("b", 0.0, 1)]
     assert d.rollout is not None and d.rollout.phase == "Aborted"
+    assert d.rollout.message == (
+        "the spec is back to the stable version; taking the router's 10 % on llm-b back"
+    )
+    # While Serve's router is not settled on the 0 %, the canary stays and status says why.
+    unsettled = dataclasses.replace(
+        running(live_of(d.layout, back)), weights=None, router="router application DEPLOYING"
+    )
+    d = step(back, unsettled, d.rollout, T0 + 25)
+    assert weights(d.layout) == [("a", 100.0, 1), ("b", 0.0, 1)]
+    assert d.rollout is not None and d.rollout.canary_app == "llm-b"
+    assert d.rollout.message.endswith(
+        "waiting for Serve's router to run 0 % on llm-b (router application DEPLOYING)"
+    )
     d = step(back, running(live_of(d.layout, back)), d.rollout, T0 + 30)
     assert weights(d.layout) == [("a", 100.0, 1)]
 
@@ -209,3 +223,27 @@ def test_other_strategies_update_the_version_where_it_runs() -> None:
     assert weights(d.layout) == [("b", 100.0, 1)]
     assert d.layout is not None and d.layout.arms[0].args["model_version"] == "v3"
     assert d.rollout is None
+
+
+def test_the_router_state_says_why_there_are_no_weights() -> None:
+    from llmservice_operator.observe import router_state, router_weights
+
+    def details(app: str, deployment: str, message: str = "") -> dict[str, Any]:
+        router = {"status": deployment, "message": "", "replicas": []}
+        return {"applications": {"llm": {
+            "status": app, "message": message, "deployments": {"OpenAIRouter": router},
+            "deployed_app_config": {"deployments": [{
+                "name": "OpenAIRouter", "user_config": {"arms": [{"app": "llm-a", "weight": 100}]},
+            }]},
+        }}}  # fmt: skip
+
+    assert router_state(details("RUNNING", "HEALTHY")) == ""
+    assert router_weights(details("RUNNING", "HEALTHY")) == {"llm-a": 100.0}
+    failed = details("DEPLOY_FAILED", "DEPLOY_FAILED", "Failed to update the deployments")
+    assert router_weights(failed) is None
+    assert router_state(failed) == (
+        "router application DEPLOY_FAILED, deployment DEPLOY_FAILED: "
+        "Failed to update the deployments"
+    )
+    assert router_state(None) == "no answer from Ray's dashboard"
+    assert router_state({"applications": {}}) == "no Serve application 'llm'"
