@@ -167,7 +167,8 @@ def decide(
     if not view.arms:
         # Nothing live to keep (a new service, or a config from before the router): the
         # spec's version in the first slot, whatever the strategy.
-        return Decision(None, memory if memory and memory.phase not in ACTIVE_PHASES else None)
+        kept = memory if memory and memory.phase not in ACTIVE_PHASES else None
+        return Decision(None, _one_version_runs(kept, None, None))
     stable = view.arms[0]
     live_canary = view.arms[1] if len(view.arms) > 1 else None
     canary_spec = spec.rollout.canary_or_default()
@@ -210,7 +211,10 @@ def decide(
             return removing(
                 RolloutPhase.ABORTED, "the spec is back to the stable version", stable.args
             )
-        return Decision(layouts.steady(stable.slot, stable.args), memory)
+        return Decision(
+            layouts.steady(stable.slot, stable.args),
+            _one_version_runs(memory, stable_hash, version_app(stable.slot)),
+        )
 
     if memory is not None and memory.rolled_back_hash == wanted.hash:
         why = memory.message or "rolled back by the gate; change the spec to try again"
@@ -379,6 +383,37 @@ def _rolled_back(
         f"canary {kept.canary_version or ''} rolled back: {why}{detail}".replace("  ", " "),
     )
     return Decision(layouts.split(live_canary.slot, live_canary.args, 0.0), rollout, (event,))
+
+
+def _one_version_runs(
+    memory: RolloutStatus | None, stable_hash: str | None, stable_app: str | None
+) -> RolloutStatus | None:
+    """The rollout's memory once the live config runs one version and the spec asks for it.
+
+    The reconcile that removed a canary's application writes the memory saying so, but a
+    reconcile can fail between its apply and its status write (a conflict, a timeout), and the
+    next ones would then repeat a memory that still names the removed application: status
+    "under way" for ever. What is live decides: no canary runs, so none is under way.
+    """
+    if memory is None or (memory.phase not in ACTIVE_PHASES and not memory.canary_app):
+        return memory
+    update: dict[str, Any] = {"canary_app": None, "weight": 0.0, "step_started": None}
+    if memory.phase in ACTIVE_PHASES:
+        if stable_hash is not None and memory.canary_hash == stable_hash:
+            # The promotion's own write was lost: the canary's config is the one that runs.
+            version = memory.canary_version or "the new config"
+            update.update(
+                phase=RolloutPhase.PROMOTED.value,
+                stable_version=memory.canary_version,
+                stable_app=stable_app,
+                weight=100.0,
+                message=f"{version} promoted",
+            )
+        else:
+            update.update(
+                phase=RolloutPhase.ABORTED.value, message="the spec is back to the stable version"
+            )
+    return memory.model_copy(update=update)
 
 
 def _taking_back(view: View, app: str) -> str:

@@ -612,6 +612,51 @@ def test_a_canary_runs_beside_the_stable_version_and_steps_when_serve_runs_it() 
     assert any(e[1] == "CanaryStep" for e in kube.events)
 
 
+def test_a_canary_removal_whose_status_write_failed_is_reported_done_by_the_next_reconcile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    kube = FakeKube()
+    rollout = {"strategy": "Canary", "canary": {"steps": [10, 100], "pauseSeconds": 0}}
+    status = reconcile(kube, tiny(rollout=rollout), "create")
+    kuberay_acts(kube)
+    kube.add_cluster(NS, "tiny-a", [cpu_group(1)], ready_workers=1)
+    kube.serve_runs_config(NS, "tiny", "tiny-a")
+    v2 = tiny(rollout=rollout, model={"source": "/models/tiny-llama", "version": "v2",
+                                      "servedModelName": "tiny-llama"})  # fmt: skip
+    v2["metadata"]["generation"] = 2
+    v2["status"] = status
+    for _ in range(2):  # the canary starts at 0 %, then steps to 10 %
+        v2["status"] = reconcile(kube, v2, "rollout-tick")
+        kuberay_acts(kube)
+        kube.serve_runs_config(NS, "tiny", "tiny-a")
+    assert _router_weights(kube) == {"llm-a": 90.0, "llm-b": 10.0}
+    back = tiny(rollout=rollout)
+    back["metadata"]["generation"] = 3
+    back["status"] = reconcile(kube, {**back, "status": v2["status"]}, "update")
+    assert back["status"]["rollout"]["canaryApp"] == "llm-b"  # its share goes first
+    kuberay_acts(kube)
+    kube.serve_runs_config(NS, "tiny", "tiny-a")
+
+    def lost(*_: Any, **__: Any) -> bool:
+        raise kopf.TemporaryError("status write timed out", delay=1)
+
+    with monkeypatch.context() as m:
+        m.setattr(kube, "patch_llmservice_status", lost)
+        with pytest.raises(kopf.TemporaryError):
+            reconcile(kube, back, "rollout-tick")  # the canary's app removed, status not written
+    assert set(_apps(kube)) == {"llm", "llm-a"}
+    kuberay_acts(kube)
+    kube.serve_runs_config(NS, "tiny", "tiny-a")
+    event = copy.deepcopy(kube.rayservices[(NS, "tiny")])  # KubeRay's status write, watched
+    event["metadata"]["resourceVersion"] = "100"
+    CHILDREN.observed(event, "MODIFIED")
+    for trigger in ("rayservice-event", "resync"):  # from the cache (slim) and read fresh
+        status = reconcile(kube, back, trigger)
+        assert status["rollout"]["phase"] == "Aborted" and not status["rollout"]["canaryApp"]
+        progressing = status["conditions"][1]
+        assert (progressing["status"], progressing["reason"]) == ("False", "Reconciled")
+
+
 def test_the_rollout_ticker_steps_a_canary_and_lets_a_steady_service_be(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

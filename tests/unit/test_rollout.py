@@ -184,6 +184,39 @@ def test_reverting_the_spec_mid_rollout_takes_traffic_back_before_removing_the_c
     assert weights(d.layout) == [("a", 100.0, 1)]
 
 
+def test_a_lost_status_write_never_leaves_a_removed_canary_under_way() -> None:
+    """The reconcile that removed the canary's app may fail before its status write; what is
+    live then decides: the memory of the step before must not say "under way" for ever."""
+    new = svc("v2")
+    d = step(new, running(stable_v1()), None, T0)
+    d = step(new, running(live_of(d.layout, new)), d.rollout, T0 + 10)
+    at_10 = d.rollout
+    back = svc("v1")
+    d = step(back, running(live_of(d.layout, new)), at_10, T0 + 20)
+    taking_back = d.rollout  # Aborted, the canary's app still named: its share is going
+    assert taking_back is not None and taking_back.canary_app == "llm-b"
+    one = running(stable_v1())  # the canary's app is gone; the status saying so was not written
+    for memory in (taking_back, at_10):
+        d = step(back, one, memory, T0 + 40)
+        assert weights(d.layout) == [("a", 100.0, 1)]
+        assert d.rollout is not None and d.rollout.canary_app is None, memory
+        assert d.rollout.phase == "Aborted" and d.rollout.weight == 0.0
+    # A promotion whose write was lost: the canary's config is the one that runs, alone.
+    arms, mem = _at_last_step(new)
+    promoted = step(new, running(arms), mem, T0 + 300, analysis(Verdict.PASS))
+    d = step(new, running(live_of(promoted.layout, new)), mem, T0 + 310)
+    assert weights(d.layout) == [("b", 100.0, 1)]
+    assert d.rollout is not None and d.rollout.phase == "Promoted"
+    assert (d.rollout.stable_version, d.rollout.stable_app, d.rollout.canary_app) == (
+        "v2",
+        "llm-b",
+        None,
+    )
+    # Nothing of the router in the live config (the renderer's own one version) likewise.
+    d = step(back, View((), None, None, {}), taking_back, T0 + 50)
+    assert d.layout is None and d.rollout is not None and d.rollout.canary_app is None
+
+
 def test_paused_holds_the_step() -> None:
     new = svc("v2", paused=True)
     d = step(new, running(stable_v1()), None, T0)
