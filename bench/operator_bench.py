@@ -17,6 +17,7 @@ building thousands of Ray clusters on a 2-core machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -33,6 +34,7 @@ from llmservice_operator import constants as c
 from tests.cluster.harness import LocalCluster
 from tests.cluster.objects import llmservice
 from tests.cluster.operator_process import (
+    APPLIES,
     RECONCILES,
     RESYNC_PASSES,
     Metrics,
@@ -42,6 +44,7 @@ from tests.cluster.operator_process import (
 
 NAMESPACE = "bench"
 STEADY = 50
+CHANGED = 200  # spec edits whose writes are counted
 SETTLE_S = 45
 
 
@@ -109,8 +112,57 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def _edit_and_count(
+    proc: OperatorProcess,
+    custom: client.CustomObjectsApi,
+    k: int,
+    passes: Any,
+    timeout: float,
+) -> dict[str, Any]:
+    """Edit k specs (replicas 2 -> 3) and count the RayService writes they cost, up to the end
+    of the next whole resync pass (a duplicate apply by a later trigger is counted too).
+
+    Called right after a pass ended: the next one starts a whole interval later, after the
+    edits were applied, so it reads every edited object."""
+    before = proc.metrics()
+    names = [f"svc-{i:05d}" for i in range(k)]
+    for name in names:
+        custom.patch_namespaced_custom_object(
+            c.GROUP, c.VERSION, NAMESPACE, c.PLURAL, name, {"spec": {"replicas": 3}}
+        )
+    began = proc.metrics()
+    proc.wait_metrics(
+        "the edits applied",
+        lambda m: m.value(APPLIES, action="updated") >= before.value(APPLIES, action="updated") + k,
+        timeout,
+    )
+    after = proc.wait_metrics(
+        "a whole resync pass after the edits", lambda m: passes(m) >= passes(began) + 1, timeout
+    )
+    wrong = []
+    for name in names:
+        rs = custom.get_namespaced_custom_object("ray.io", "v1", NAMESPACE, "rayservices", name)
+        groups = rs["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+        if sum(g.get("replicas") or 0 for g in groups) != 3:
+            wrong.append(name)
+    rs_writes = sum(
+        after.value(API_REQUESTS, verb=v, resource="rayservices")
+        - before.value(API_REQUESTS, verb=v, resource="rayservices")
+        for v in WRITE_VERBS
+    )
+    return {
+        "changed_objects": k,
+        "changed_not_applied": len(wrong),
+        "rayservice_writes_per_changed_object": round(rs_writes / k, 3),
+        "applies_per_changed_object": round(
+            (after.value(APPLIES, action="updated") - before.value(APPLIES, action="updated")) / k,
+            3,
+        ),
+    }
+
+
 def run(n: int, keep_kuberay: bool, resync_interval: float) -> dict[str, Any]:
-    with LocalCluster() as cluster:
+    with LocalCluster() as cluster, contextlib.ExitStack() as cleanup:
         if not keep_kuberay:
             cluster.stop_component("kuberay-operator")
         install_llmservice_crd(cluster.api_client)
@@ -120,6 +172,7 @@ def run(n: int, keep_kuberay: bool, resync_interval: float) -> dict[str, Any]:
             cluster, "operator-bench", "--timer-interval", str(resync_interval), metrics=True
         )
         proc.start()
+        cleanup.callback(proc.stop)  # a failed run must not leave the operator behind
         proc.wait_serving()
         time.sleep(5)  # kopf login, CRD discovery, watches: no metric says when they are up
         custom = client.CustomObjectsApi(cluster.api_client)
@@ -194,6 +247,7 @@ def run(n: int, keep_kuberay: bool, resync_interval: float) -> dict[str, Any]:
             "one more whole resync pass", lambda m: passes(m) >= passes(settled) + 1, timeout
         )
         total = n + STEADY
+        changed = _edit_and_count(proc, custom, min(CHANGED, n), passes, timeout)
         pass_requests = _requests(resynced) - _requests(settled)
         pass_writes = _requests(resynced, WRITE_VERBS) - _requests(settled, WRITE_VERBS)
         result = {
@@ -209,6 +263,7 @@ def run(n: int, keep_kuberay: bool, resync_interval: float) -> dict[str, Any]:
             "api_requests_per_reconcile": round(_requests(after_steady) / max(reconciles, 1), 2),
             "resync_requests_per_object": round(pass_requests / total, 2),
             "resync_writes_unchanged": pass_writes,
+            **changed,
             "burst_operator_cpu_s": round(cpu_after - cpu_before, 1),
             "burst_apiserver_cpu_s": round(server.pop("cpu", float("nan")), 1),
             # The API server's request time during the burst, largest first.
@@ -218,7 +273,6 @@ def run(n: int, keep_kuberay: bool, resync_interval: float) -> dict[str, Any]:
             "resync_interval_s": resync_interval,
             "kuberay_running": keep_kuberay,
         }
-        proc.stop()
         return result
 
 

@@ -44,6 +44,22 @@ TRANSPORT_ERRORS = (OSError, TimeoutError, urllib3.exceptions.HTTPError)
 # short, because a cluster whose Ray is not up yet must not hold up the reconcile.
 SERVE_API_TIMEOUT_S = 5.0
 LIST_PAGE_SIZE = 500
+
+# What a reconcile reads of an LLMService's metadata; the rest (managedFields, and the
+# annotations where kopf and kubectl keep whole copies of the spec) is most of a listed object.
+_LLMSERVICE_METADATA = (
+    "name", "namespace", "uid", "generation", "resourceVersion", "deletionTimestamp", "labels",
+)  # fmt: skip
+
+
+def slim_llmservice(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """An LLMService as the resync needs it: identity, spec and status."""
+    meta = obj.get("metadata") or {}
+    out = {k: obj[k] for k in ("apiVersion", "kind", "spec", "status") if k in obj}
+    out["metadata"] = {k: meta[k] for k in _LLMSERVICE_METADATA if k in meta}
+    return out
+
+
 SERVE_DETAILS_PATH = "api/serve/applications/"
 
 
@@ -131,27 +147,34 @@ class Kube:
         # KubeRay's refusals, kept by refusals.keep_watching once the operator starts it.
         self.refusals = Refusals()
 
-    def list_llmservices(self, namespaces: list[str]) -> list[dict[str, Any]]:
-        """Every LLMService in the watched namespaces (all namespaces when none are given).
+    def llmservice_pages(self, namespaces: list[str]) -> Iterator[list[dict[str, Any]]]:
+        """Every LLMService in the watched namespaces (all namespaces when none are given), a
+        page of LIST_PAGE_SIZE at a time, each object slimmed (``slim_llmservice``).
 
-        In pages of LIST_PAGE_SIZE: with thousands of objects one unpaginated LIST would be a
-        single response of many megabytes, held whole by the API server and by us.
+        Pages, and only one held at a time: at 10,000 objects the whole list parsed is ~130 MiB,
+        which the resync pass would hold for as long as it takes (bench/operator_bench.py).
         """
-        with classified("list LLMServices", "list", "llmservices"):
-            if not namespaces:
-                return self._paged(
-                    lambda **kw: self.custom.list_cluster_custom_object(
-                        c.GROUP, c.VERSION, c.PLURAL, **kw
-                    )
-                )
-            items: list[dict[str, Any]] = []
-            for ns in namespaces:
-                items += self._paged(
-                    lambda ns=ns, **kw: self.custom.list_namespaced_custom_object(
-                        c.GROUP, c.VERSION, ns, c.PLURAL, **kw
-                    )
-                )
-            return items
+        scopes: list[str | None] = list(namespaces) or [None]
+        for ns in scopes:
+            token: str | None = None
+            while True:
+                extra: dict[str, Any] = {"_continue": token} if token else {}
+                with classified("list LLMServices", "list", "llmservices"):
+                    if ns is None:
+                        page = self.custom.list_cluster_custom_object(
+                            c.GROUP, c.VERSION, c.PLURAL, limit=LIST_PAGE_SIZE,
+                            _request_timeout=REQUEST_TIMEOUT_S, **extra,
+                        )  # fmt: skip
+                    else:
+                        page = self.custom.list_namespaced_custom_object(
+                            c.GROUP, c.VERSION, ns, c.PLURAL, limit=LIST_PAGE_SIZE,
+                            _request_timeout=REQUEST_TIMEOUT_S, **extra,
+                        )  # fmt: skip
+                page = cast(dict[str, Any], page)
+                yield [slim_llmservice(obj) for obj in page.get("items") or []]
+                token = (page.get("metadata") or {}).get("continue")
+                if not token:
+                    break
 
     @staticmethod
     def _paged(list_call: Any) -> list[dict[str, Any]]:

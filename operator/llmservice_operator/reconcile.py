@@ -649,23 +649,27 @@ async def _resync_pass(kube: Kube, config: OperatorConfig) -> str:
         watched = set(config.namespaces)
         if ALL_NAMESPACES in outranked or (watched and outranked >= watched):
             return "standby"  # a hot standby: the leading peer resyncs
-    try:
-        bodies = await asyncio.to_thread(kube.list_llmservices, config.namespaces)
-    except (kopf.TemporaryError, kopf.PermanentError) as exc:
-        log.warning("resync: %s", exc)
-        return "list_failed"
-    for body in bodies:
-        meta = body["metadata"]
-        if meta.get("deletionTimestamp") or meta.get("namespace") in outranked:
-            continue
-        try:
-            await asyncio.to_thread(_counted, kube, body, "resync")
+    pages = kube.llmservice_pages(config.namespaces)
+    while True:
+        try:  # a page at a time: the next is listed once this one's objects are done
+            bodies = await asyncio.to_thread(next, pages, None)
         except (kopf.TemporaryError, kopf.PermanentError) as exc:
-            log.info("resync of %s: %s", meta["name"], exc)
-        except Exception:  # one object's surprise must not starve the others
-            log.exception("resync of %s failed", meta["name"])
-            metrics.ERRORS.labels(kind="unexpected").inc()
-    return "ok"
+            log.warning("resync: %s", exc)
+            return "list_failed"
+        if bodies is None:
+            return "ok"
+        for body in bodies:
+            meta = body["metadata"]
+            if meta.get("deletionTimestamp") or meta.get("namespace") in outranked:
+                continue
+            try:
+                await asyncio.to_thread(_counted, kube, body, "resync")
+            except (kopf.TemporaryError, kopf.PermanentError) as exc:
+                log.info("resync of %s: %s", meta["name"], exc)
+            except Exception:  # one object's surprise must not starve the others
+                log.exception("resync of %s failed", meta["name"])
+                metrics.ERRORS.labels(kind="unexpected").inc()
+        del bodies
 
 
 @kopf.on.probe(id="resync")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from typing import Any
 
 import kopf
@@ -55,13 +56,13 @@ class FlakyKube:
     def outranked(self, *_: Any) -> set[str]:
         return set()
 
-    def list_llmservices(self, namespaces: list[str]) -> list[dict[str, Any]]:
+    def llmservice_pages(self, namespaces: list[str]) -> Iterator[list[dict[str, Any]]]:
         self.calls += 1
         if self.calls == 1:
             raise urllib3.exceptions.ProtocolError("API server restarting")
         if self.calls == 2:
             raise kopf.TemporaryError("list LLMServices: HTTP 503", delay=1)
-        return []
+        yield []
 
 
 def _passes(outcome: str) -> float:
@@ -175,9 +176,35 @@ def test_the_resync_lists_in_pages() -> None:
         return {"items": [{"metadata": {"name": n}} for n in names], "metadata": meta}
 
     kube.custom.list_cluster_custom_object = listing  # type: ignore[method-assign]
-    got = [o["metadata"]["name"] for o in kube.list_llmservices([])]
-    assert got == ["a", "b", "c", "d"]
+    listed = kube.llmservice_pages([])
+    assert [o["metadata"]["name"] for o in next(listed)] == ["a", "b"]
+    assert [t for t, _ in asked] == [None]  # the next page only once this one is done
+    got = [o["metadata"]["name"] for page in listed for o in page]
+    assert got == ["c", "d"]
     assert [t for t, _ in asked] == [None, "t1", "t2"] and {n for _, n in asked} == {500}
+
+
+def test_the_resync_keeps_only_what_a_reconcile_reads_of_a_listed_object() -> None:
+    from llmservice_operator.k8s import slim_llmservice
+
+    listed = {
+        "apiVersion": "llmservice.dev/v1alpha1", "kind": "LLMService",
+        "metadata": {
+            "name": "a", "namespace": "ns", "uid": "u", "generation": 3,
+            "resourceVersion": "9", "labels": {"team": "x"},
+            "annotations": {"llmservice.dev/last-handled-configuration": "{...the spec...}"},
+            "managedFields": [{"manager": "kubectl"}],
+        },
+        "spec": {"replicas": 1}, "status": {"phase": "Ready"},
+    }  # fmt: skip
+    slim = slim_llmservice(listed)
+    assert slim["metadata"] == {
+        "name": "a", "namespace": "ns", "uid": "u", "generation": 3, "resourceVersion": "9",
+        "labels": {"team": "x"},
+    }  # fmt: skip
+    assert {k: slim[k] for k in ("apiVersion", "kind", "spec", "status")} == {
+        k: listed[k] for k in ("apiVersion", "kind", "spec", "status")
+    }
 
 
 def test_api_requests_are_counted_by_verb_and_resource() -> None:
