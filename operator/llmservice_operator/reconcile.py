@@ -560,6 +560,12 @@ def _desired(svc: LLMService, p: Plan) -> Desired:
 # --- kopf wiring -----------------------------------------------------------
 
 
+# kopf's per-object workers: at most this many per reconcile thread (256 with the default 8),
+# and how long one waits for its object's next event before it leaves.
+QUEUE_WORKERS_PER_THREAD = 32
+QUEUE_IDLE_S = 1.0
+
+
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     """Every kopf setting in one place, then the periodic resync."""
@@ -584,6 +590,13 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.peering.name = config.peering_name
     settings.peering.mandatory = False
     settings.execution.max_workers = config.max_workers
+    # kopf runs one worker per object with events, and each worker's patch of kopf's own
+    # annotations takes a TLS connection of its own (kopf's pool is unbounded, ~128 KiB each):
+    # at 4,000 creates at once 326 of them were traced. The bound caps both; the watch waits
+    # for a free worker. Workers leave 1 s after their object's last event (kopf: 5 s), so the
+    # bound did not slow a burst (bench/operator_bench.py, README "Scale").
+    settings.queueing.worker_limit = QUEUE_WORKERS_PER_THREAD * config.max_workers
+    settings.queueing.idle_timeout = QUEUE_IDLE_S
     if config.metrics_port:
         metrics.serve(config.metrics_port)
     memo["resync"] = asyncio.create_task(_resync_forever(memo["kube"], config))
