@@ -20,6 +20,7 @@ from llmservice_operator.reconcile import (
 )
 from tests.unit.examples import example_services
 from tests.unit.fake_kube import FakeKube
+from tests.unit.loops import run_until
 from tests.unit.test_scale import SERVE_DETAILS
 
 NS = "ns"
@@ -67,6 +68,34 @@ def serve_on(kube: FakeKube, cluster: str, running: int, target: int, version: s
 def cpu_group(replicas: int) -> dict[str, Any]:
     return {"groupName": "cpu", "replicas": replicas, "minReplicas": replicas,
             "maxReplicas": replicas, "template": {}}  # fmt: skip
+
+
+CANARY_10 = {"strategy": "Canary", "canary": {"steps": [10, 100], "pauseSeconds": 0}}
+
+
+def serving_v1(kube: FakeKube, counted: bool = False) -> dict[str, Any]:
+    """v1 created under CANARY_10 (through ``_counted`` and kept as the live object when
+    ``counted``), KubeRay and Serve running it; returns the status written."""
+    body = tiny(rollout=CANARY_10)
+    if counted:
+        kube.llmservices[(NS, "tiny")] = body
+        _counted(kube, body, "create")
+    else:
+        reconcile(kube, body, "create")
+    kuberay_acts(kube)
+    kube.add_cluster(NS, "tiny-a", [cpu_group(1)], ready_workers=1)
+    kube.serve_runs_config(NS, "tiny", "tiny-a")
+    return kube.statuses[-1]
+
+
+def v2_of(status: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The v2 edit of serving_v1's LLMService (generation 2), with the status it had."""
+    body = tiny(rollout=CANARY_10, model={"source": "/models/tiny-llama", "version": "v2",
+                                          "servedModelName": "tiny-llama"})  # fmt: skip
+    body["metadata"]["generation"] = 2
+    if status is not None:
+        body["status"] = status
+    return body
 
 
 def test_create_applies_the_rayservice_and_reports_creating() -> None:
@@ -581,14 +610,8 @@ def _router_weights(kube: FakeKube) -> dict[str, float]:
 
 def test_a_canary_runs_beside_the_stable_version_and_steps_when_serve_runs_it() -> None:
     kube = FakeKube()
-    canary = {"strategy": "Canary", "canary": {"steps": [10, 100], "pauseSeconds": 0}}
-    reconcile(kube, tiny(rollout=canary), "create")
-    kuberay_acts(kube)
-    kube.add_cluster(NS, "tiny-a", [cpu_group(1)], ready_workers=1)
-    kube.serve_runs_config(NS, "tiny", "tiny-a")
-    v2 = tiny(rollout=canary, model={"source": "/models/tiny-llama", "version": "v2",
-                                     "servedModelName": "tiny-llama"})  # fmt: skip
-    v2["metadata"]["generation"] = 2
+    serving_v1(kube)
+    v2 = v2_of()
     status = reconcile(kube, v2, "update")
     assert set(_apps(kube)) == {"llm", "llm-a", "llm-b"}
     assert _router_weights(kube) == {"llm-a": 100.0, "llm-b": 0.0}
@@ -616,21 +639,13 @@ def test_a_canary_removal_whose_status_write_failed_is_reported_done_by_the_next
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     kube = FakeKube()
-    rollout = {"strategy": "Canary", "canary": {"steps": [10, 100], "pauseSeconds": 0}}
-    status = reconcile(kube, tiny(rollout=rollout), "create")
-    kuberay_acts(kube)
-    kube.add_cluster(NS, "tiny-a", [cpu_group(1)], ready_workers=1)
-    kube.serve_runs_config(NS, "tiny", "tiny-a")
-    v2 = tiny(rollout=rollout, model={"source": "/models/tiny-llama", "version": "v2",
-                                      "servedModelName": "tiny-llama"})  # fmt: skip
-    v2["metadata"]["generation"] = 2
-    v2["status"] = status
+    v2 = v2_of(serving_v1(kube))
     for _ in range(2):  # the canary starts at 0 %, then steps to 10 %
         v2["status"] = reconcile(kube, v2, "rollout-tick")
         kuberay_acts(kube)
         kube.serve_runs_config(NS, "tiny", "tiny-a")
     assert _router_weights(kube) == {"llm-a": 90.0, "llm-b": 10.0}
-    back = tiny(rollout=rollout)
+    back = tiny(rollout=CANARY_10)
     back["metadata"]["generation"] = 3
     back["status"] = reconcile(kube, {**back, "status": v2["status"]}, "update")
     assert back["status"]["rollout"]["canaryApp"] == "llm-b"  # its share goes first
@@ -667,18 +682,8 @@ def test_the_rollout_ticker_steps_a_canary_and_lets_a_steady_service_be(
     from llmservice_operator.settings import OperatorConfig
 
     kube = FakeKube()
-    rollout = {"strategy": "Canary", "canary": {"steps": [10, 100], "pauseSeconds": 0}}
-    v1 = tiny(rollout=rollout)
-    kube.llmservices[(NS, "tiny")] = v1
-    _counted(kube, v1, "create")
+    v2 = v2_of(serving_v1(kube, counted=True))
     assert (NS, "tiny") not in rolling_out()  # nothing under way: never ticked
-    kuberay_acts(kube)
-    kube.add_cluster(NS, "tiny-a", [cpu_group(1)], ready_workers=1)
-    kube.serve_runs_config(NS, "tiny", "tiny-a")
-    v2 = tiny(rollout=rollout, model={"source": "/models/tiny-llama", "version": "v2",
-                                      "servedModelName": "tiny-llama"})  # fmt: skip
-    v2["metadata"]["generation"] = 2
-    v2["status"] = kube.statuses[-1]
     _counted(kube, v2, "update")
     assert (NS, "tiny") in rolling_out()
     assert _router_weights(kube) == {"llm-a": 100.0, "llm-b": 0.0}
@@ -688,18 +693,10 @@ def test_the_rollout_ticker_steps_a_canary_and_lets_a_steady_service_be(
     monkeypatch.setattr(canary_mod, "TICK_S", 0.01)
     config = OperatorConfig(standalone=True, metrics_port=0)
 
-    async def run() -> None:
-        task = asyncio.create_task(_tick_rollouts_forever(kube, config))  # type: ignore[arg-type]
-        for _ in range(500):
-            if _router_weights(kube) == {"llm-a": 90.0, "llm-b": 10.0}:
-                break
-            assert not task.done(), task
-            await asyncio.sleep(0.01)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
-    asyncio.run(run())
+    run_until(
+        _tick_rollouts_forever(kube, config),  # type: ignore[arg-type]
+        lambda: _router_weights(kube) == {"llm-a": 90.0, "llm-b": 10.0},
+    )
     assert _router_weights(kube) == {"llm-a": 90.0, "llm-b": 10.0}  # step 1, on a tick
     assert any(e[1] == "CanaryStep" for e in kube.events)
     forget(NS, "tiny")

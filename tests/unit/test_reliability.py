@@ -16,6 +16,7 @@ from llmservice_operator import metrics
 from llmservice_operator.k8s import ALL_NAMESPACES, Kube, KubeRayMissing, classified
 from llmservice_operator.reconcile import _resync_forever, backoff_delay
 from llmservice_operator.settings import OperatorConfig
+from tests.unit.loops import run_until
 
 
 @pytest.mark.parametrize(
@@ -74,16 +75,7 @@ def test_the_resync_loop_outlives_every_failure() -> None:
     kube = FlakyKube()
     config = OperatorConfig(timer_interval=0.01, standalone=True, metrics_port=0)
 
-    async def run() -> None:
-        task = asyncio.create_task(_resync_forever(kube, config))  # type: ignore[arg-type]
-        while kube.calls < 4:
-            assert not task.done(), task
-            await asyncio.sleep(0.01)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
-    asyncio.run(run())
+    run_until(_resync_forever(kube, config), lambda: kube.calls >= 4)  # type: ignore[arg-type]
     after = {o: _passes(o) - before[o] for o in before}
     assert after["error"] >= 1 and after["list_failed"] >= 1 and after["ok"] >= 1, after
 
