@@ -119,21 +119,23 @@ def _edit_and_count(
     passes: Any,
     timeout: float,
 ) -> dict[str, Any]:
-    """Edit k specs (replicas 2 -> 3) and count the RayService writes they cost, up to the end
+    """Edit k specs (one replica more) and count the RayService writes they cost, up to the end
     of the next whole resync pass (a duplicate apply by a later trigger is counted too).
 
     Called right after a pass ended: the next one starts a whole interval later, after the
     edits were applied, so it reads every edited object."""
+    replicas = int(llmservice(NAMESPACE)["spec"]["replicas"]) + 1  # what the burst created, +1
+    applies = lambda m: m.value(APPLIES, action="updated")  # noqa: E731
     before = proc.metrics()
     names = [f"svc-{i:05d}" for i in range(k)]
     for name in names:
         custom.patch_namespaced_custom_object(
-            c.GROUP, c.VERSION, NAMESPACE, c.PLURAL, name, {"spec": {"replicas": 3}}
+            c.GROUP, c.VERSION, NAMESPACE, c.PLURAL, name, {"spec": {"replicas": replicas}}
         )
     began = proc.metrics()
     proc.wait_metrics(
         "the edits applied",
-        lambda m: m.value(APPLIES, action="updated") >= before.value(APPLIES, action="updated") + k,
+        lambda m: applies(m) >= applies(before) + k,
         timeout,
     )
     after = proc.wait_metrics(
@@ -143,7 +145,7 @@ def _edit_and_count(
     for name in names:
         rs = custom.get_namespaced_custom_object("ray.io", "v1", NAMESPACE, "rayservices", name)
         groups = rs["spec"]["rayClusterConfig"]["workerGroupSpecs"]
-        if sum(g.get("replicas") or 0 for g in groups) != 3:
+        if sum(g.get("replicas") or 0 for g in groups) != replicas:
             wrong.append(name)
     rs_writes = sum(
         after.value(API_REQUESTS, verb=v, resource="rayservices")
@@ -154,10 +156,7 @@ def _edit_and_count(
         "changed_objects": k,
         "changed_not_applied": len(wrong),
         "rayservice_writes_per_changed_object": round(rs_writes / k, 3),
-        "applies_per_changed_object": round(
-            (after.value(APPLIES, action="updated") - before.value(APPLIES, action="updated")) / k,
-            3,
-        ),
+        "applies_per_changed_object": round((applies(after) - applies(before)) / k, 3),
     }
 
 
