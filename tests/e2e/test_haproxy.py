@@ -20,10 +20,9 @@ from typing import Any
 
 import pytest
 
-from llmservice_operator.rollout import epoch
 from tests.e2e.conftest import Ground
 from tests.e2e.rollouts import GOOD_ROLLOUT
-from tests.e2e.world import NotYet, World
+from tests.e2e.world import NotYet, World, on_monotonic
 from tests.support.examples import EXAMPLES, load
 from tests.support.haproxy import FAST_PATH_ENV, METRICS_PORT, app_responses_2xx
 from tests.support.loadgen import LoadGenerator
@@ -148,11 +147,17 @@ def test_a_canary_asked_on_the_fast_path_moves_onto_the_router_first_and_no_requ
         svc = w.wait(f"{new} promoted and settled", w.settled, 600)
         assert svc["status"]["rollout"]["phase"] == "Promoted"
         assert svc["status"]["activeVersion"] == new
-        # Until the router ran the canary's first step, no answer came from the new version
-        # (the fast path's answers carry no version header: vLLM's own app, no router).
-        step_at = epoch(rollout["stepStarted"]) - time.time() + time.monotonic()
-        before_step = load.snapshot().versions_between(0.0, step_at - 1)
-        assert new not in before_step and sum(before_step.values()) > 0, before_step
+        # Until the operator asked the router for the canary's first step, no answer came from
+        # the new version (the fast path's answers carry no version header: vLLM's own app, no
+        # router). The bound is the CanaryStep event, posted just after that apply: KubeRay and
+        # Serve take longer than that to run the weight, and its whole-second time is earlier
+        # still. stepStarted is no bound: it is when the operator first saw the step run.
+        asked = w.step_event("step 1/").first_timestamp
+        before_step = load.snapshot().versions_answered_by(on_monotonic(asked))
+        assert new not in before_step and sum(before_step.values()) > 0, (
+            f"answers ended before step 1 was asked ({asked.isoformat()}): {before_step}; "
+            f"stepStarted {rollout['stepStarted']}"
+        )
         settled_at = time.monotonic()
         load.wait_for_successes(5, 120)
         assert set(load.snapshot().versions_between(settled_at, time.monotonic())) == {new}

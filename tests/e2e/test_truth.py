@@ -9,7 +9,6 @@ timeline samples the LLMService status beside Ray Serve's own state once a secon
 
 from __future__ import annotations
 
-import datetime
 import ipaddress
 import json
 import time
@@ -22,13 +21,12 @@ from kubernetes import client
 from llmservice_operator import capacity
 from llmservice_operator import constants as c
 from llmservice_operator.render.code import CODE_ROOT, packaged
-from llmservice_operator.rollout import epoch
 from tests.cluster.ground.nodes import POOL_LABEL, NodePool, node_manifest
 from tests.cluster.ground.probes import http_get
 from tests.cluster.objects import condition
 from tests.e2e.conftest import Ground
 from tests.e2e.rollouts import CANARY_RATE, CANARY_ROLLOUT, GOOD_ROLLOUT
-from tests.e2e.world import NotYet, Sample, Timeline
+from tests.e2e.world import NotYet, Sample, Timeline, on_monotonic
 from tests.support import dashboard
 from tests.support.loadgen import LoadGenerator, LoadReport
 from tests.support.raypods import DEFAULT_SUBNET, parse_quantity
@@ -318,22 +316,6 @@ def _rolled_back(w: Any) -> Any:
     return check
 
 
-def _monotonic(stamp: str | datetime.datetime) -> float:
-    """A status or event time (whole seconds, this machine's clock) on time.monotonic()."""
-    seconds = stamp.timestamp() if isinstance(stamp, datetime.datetime) else epoch(stamp)
-    return seconds - time.time() + time.monotonic()
-
-
-def _step_event(w: Any, prefix: str) -> Any:
-    """The first CanaryStep event of the operator whose message starts with ``prefix``."""
-    events = w.core.list_namespaced_event(
-        w.namespace, field_selector=f"involvedObject.name={w.name},reason=CanaryStep"
-    ).items
-    found = [e for e in events if str(e.message).startswith(prefix)]
-    assert found, [e.message for e in events]
-    return min(found, key=lambda e: e.first_timestamp)
-
-
 def test_a_good_canary_steps_to_100_is_promoted_and_no_request_fails(
     ground_world: Ground,
 ) -> None:
@@ -353,17 +335,17 @@ def test_a_good_canary_steps_to_100_is_promoted_and_no_request_fails(
         # Each step's share is counted over the time the router ran its weight: from when the
         # operator saw the router run it (stepStarted) to the CanaryStep event of the next
         # weight, posted as it was applied (times are whole seconds: one trimmed at the start).
-        began_step = _monotonic(rollout["stepStarted"]) + 1
+        began_step = on_monotonic(rollout["stepStarted"]) + 1
         for index, (weight, nxt) in enumerate(((10, 50), (50, 100)), start=2):
             rollout = w.wait(f"the canary at {nxt} %", _at_weight(w, float(nxt)), 300)
-            ended_step = _monotonic(_step_event(w, f"step {index}/").first_timestamp)
+            ended_step = on_monotonic(w.step_event(f"step {index}/").first_timestamp)
             seen = load.snapshot().versions_between(began_step, ended_step)
             n = sum(seen.values())
             share = 100.0 * seen.get(new, 0) / max(n, 1)
             shares[weight] = f"{share:.1f} % of {n}"
             assert set(seen) <= {stable, new}, seen
             assert n >= 40 and abs(share - weight) <= 5.0, (weight, seen)
-            began_step = _monotonic(rollout["stepStarted"]) + 1
+            began_step = on_monotonic(rollout["stepStarted"]) + 1
         svc = w.wait(f"{new} promoted and settled", w.settled, 300)
         seen = load.snapshot().versions_between(began_step + 5, time.monotonic())
         shares[100] = (

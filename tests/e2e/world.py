@@ -13,6 +13,7 @@ so a test can check that status never ran ahead of reality at any moment, not ju
 
 from __future__ import annotations
 
+import datetime
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,6 +33,7 @@ from llmservice_operator.observe import (
     parse_serve,
 )
 from llmservice_operator.render import SERVE_APP_NAME, STABLE_SLOT
+from llmservice_operator.rollout import epoch
 from serve_app.naming import version_app
 from tests.cluster.harness import wait_for
 from tests.cluster.objects import condition
@@ -132,6 +134,12 @@ def serving_versions(details: dict[str, Any] | None) -> frozenset[str]:
     return frozenset(found)
 
 
+def on_monotonic(stamp: str | datetime.datetime) -> float:
+    """A status or event time (whole seconds, this machine's clock) on time.monotonic()."""
+    seconds = stamp.timestamp() if isinstance(stamp, datetime.datetime) else epoch(stamp)
+    return seconds - time.time() + time.monotonic()
+
+
 class World:
     """The LLMService ``name`` in ``namespace`` and everything a test reads about it."""
 
@@ -189,6 +197,16 @@ class World:
             selector += f",ray.io/cluster={cluster}"
         pods = self.core.list_namespaced_pod(self.namespace, label_selector=selector).items
         return [p for p in pods if p.metadata and p.metadata.deletion_timestamp is None]
+
+    def step_event(self, prefix: str) -> Any:
+        """The first CanaryStep event whose message starts with ``prefix`` ("step 2/"). The
+        operator posts it just after applying the step's weight."""
+        events = self.core.list_namespaced_event(
+            self.namespace, field_selector=f"involvedObject.name={self.name},reason=CanaryStep"
+        ).items
+        found = [e for e in events if str(e.message).startswith(prefix)]
+        assert found, [e.message for e in events]
+        return min(found, key=lambda e: e.first_timestamp)
 
     def sample(self, t0: float) -> Sample:
         svc = self.svc()

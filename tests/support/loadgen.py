@@ -115,6 +115,12 @@ class LoadReport:
             Counter(o.version for o in self.outcomes if o.kind == OK and t0 <= o.started_at <= t1)
         )
 
+    def versions_answered_by(self, t: float) -> dict[str | None, int]:
+        """Successes that had ended by ``t`` by the model version that answered them. A request's
+        route is chosen between its start and its end: one that ended by ``t`` was certainly
+        routed before it (counting by start would blame a request queued across a switch)."""
+        return dict(Counter(o.version for o in self.outcomes if o.kind == OK and o.ended_at <= t))
+
     def summary(self) -> str:
         """One line for a test's closing notes or an assertion message."""
 

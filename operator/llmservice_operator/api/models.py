@@ -775,7 +775,11 @@ class RolloutStatus(_Model):
     canary_app: str | None = Field(default=None, description="Serve application of the canary.")
     canary_hash: str | None = Field(default=None, description="Hash of the canary's config.")
     step_started: str | None = Field(
-        default=None, description="When the router began running this step's weight."
+        default=None,
+        description=(
+            "When the operator first saw the router run this step's weight (a tick or so after"
+            " the router began): the step's pause and the gate's window count from here."
+        ),
     )
     rolled_back_hash: str | None = Field(
         default=None,
