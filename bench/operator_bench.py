@@ -66,6 +66,7 @@ def _peak_rss_mib(pid: int) -> float:
 
 
 API_REQUESTS = "llmservice_api_requests_total"
+SKIPPED = "llmservice_reconciles_skipped_total"
 WRITE_VERBS = ("apply", "patch", "create", "delete")
 
 
@@ -76,6 +77,17 @@ def _requests(m: Metrics, verbs: tuple[str, ...] | None = None) -> float:
     if verbs is None:
         return m.value(API_REQUESTS)
     return sum(m.value(API_REQUESTS, verb=v) for v in verbs)
+
+
+def _writes(m: Metrics) -> dict[str, float]:
+    """The operator's write requests so far by "verb resource"."""
+    out: dict[str, float] = {}
+    for name, labels, value in m.samples:
+        tags = dict(labels)
+        if name == API_REQUESTS and tags.get("verb") in WRITE_VERBS:
+            key = f"{tags['verb']} {tags.get('resource')}"
+            out[key] = out.get(key, 0.0) + value
+    return out
 
 
 def _apiserver(api: client.ApiClient) -> dict[str, float]:
@@ -95,6 +107,8 @@ def _apiserver(api: client.ApiClient) -> dict[str, float]:
             if not sample.name.endswith("_sum"):
                 continue
             labels = sample.labels
+            if labels.get("verb") in ("WATCH", "CONNECT"):
+                continue  # long-running: their duration is how long they stayed open
             key = f"{labels.get('verb')} {labels.get('resource')}"
             if labels.get("subresource"):
                 key += f"/{labels['subresource']}"
@@ -249,6 +263,7 @@ def run(n: int, keep_kuberay: bool, resync_interval: float) -> dict[str, Any]:
         changed = _edit_and_count(proc, custom, min(CHANGED, n), passes, timeout)
         pass_requests = _requests(resynced) - _requests(settled)
         pass_writes = _requests(resynced, WRITE_VERBS) - _requests(settled, WRITE_VERBS)
+        w0 = _writes(settled)
         result = {
             "llmservices": n,
             "rayservices_seen": len(appeared),
@@ -259,9 +274,17 @@ def run(n: int, keep_kuberay: bool, resync_interval: float) -> dict[str, Any]:
             "steady_latency_p50_s": round(statistics.median(steady), 3),
             "steady_latency_p99_s": round(_pct(steady, 0.99), 3),
             "operator_peak_rss_mib": round(_peak_rss_mib(proc.proc.pid), 1),
+            "reconciles": int(reconciles),
+            # Spec handler calls for a generation another trigger had reconciled already.
+            "reconciles_skipped": int(after_steady.value(SKIPPED, why="done")),
             "api_requests_per_reconcile": round(_requests(after_steady) / max(reconciles, 1), 2),
             "resync_requests_per_object": round(pass_requests / total, 2),
             "resync_writes_unchanged": pass_writes,
+            # Which: the serve_app ConfigMap's recheck (a create, refused with 409 where it is
+            # in place; every RECHECK_S per namespace) is one that changes nothing.
+            "resync_writes_unchanged_by_request": {
+                k: v - w0.get(k, 0.0) for k, v in _writes(resynced).items() if v > w0.get(k, 0.0)
+            },
             **changed,
             "burst_operator_cpu_s": round(cpu_after - cpu_before, 1),
             "burst_apiserver_cpu_s": round(server.pop("cpu", float("nan")), 1),
