@@ -26,12 +26,6 @@ API_REQUESTS = Counter(
     "bookkeeping patches not included), by verb and resource.",
     ["verb", "resource"],
 )
-SKIPPED = Counter(
-    "llmservice_reconciles_skipped_total",
-    "Triggers that needed no reconcile: an older copy of the spec than one already reconciled"
-    " (stale), or a spec handler for a generation another trigger already reconciled (done).",
-    ["why"],
-)
 ERRORS = Counter("llmservice_reconcile_errors_total", "Reconciles that raised.", ["kind"])
 LATENCY = Histogram(
     "llmservice_reconcile_seconds",

@@ -779,13 +779,9 @@ async def _tick_rollouts_forever(kube: Kube, config: OperatorConfig) -> None:
 # and writes. Per object, so different objects still reconcile in parallel.
 _LOCKS: dict[tuple[str, str], threading.RLock] = {}
 _LOCKS_GUARD = threading.Lock()
-# (uid, generation, succeeded) each object was last reconciled at: a trigger holding an older
-# copy of the spec (a resync pass listed it before an edit) must not apply it over the newer one,
-# and kopf's spec handler need not redo a generation another trigger already did.
-_RECONCILED: dict[tuple[str, str], tuple[str, int, bool]] = {}
-# kopf's reasons for calling the spec handler: the spec is new to it (created, edited, or seen
-# again after a restart). The other triggers look at children, Serve or time, not the spec.
-_SPEC_TRIGGERS = frozenset({"create", "update", "resume"})
+# (uid, generation) each object was last reconciled at: a trigger holding an older copy of the
+# spec (a resync pass listed it before an edit) must not apply it over the newer one.
+_RECONCILED: dict[tuple[str, str], tuple[str, int]] = {}
 
 
 def object_lock(namespace: str, name: str) -> threading.RLock:
@@ -820,7 +816,7 @@ def forget(namespace: str, name: str) -> None:
     """Drop the per-object bookkeeping of a deleted LLMService (churn must not grow memory).
 
     A reconcile still holding the old lock finishes on it; a new object of the same name gets
-    a new one (and its own UID, which `_skip` compares).
+    a new one (and its own UID, which `_stale` compares).
     """
     with _LOCKS_GUARD:
         _LOCKS.pop((namespace, name), None)
@@ -862,40 +858,23 @@ def collect_children(kube: Kube, namespace: str, name: str, uid: str) -> None:
             log.warning("%s/%s: left to the garbage collector: %s", namespace, name, exc)
 
 
-def _skip(key: tuple[str, str], meta: Mapping[str, Any], trigger: str) -> str | None:
-    """Why this trigger needs no reconcile ("stale", "done"), or None: it does.
-
-    "done": in a burst of creates the resync pass and child events often reach an object before
-    kopf's queue does, and kopf's handler then brings a copy from before that reconcile's status
-    write: redoing it cost a status write refused with 409 and a GET to learn nothing (at 4,000
-    objects ~2,900 of them). A generation only changes with the spec, so one reconciled
-    successfully needs nothing more from the spec handler: drift is the child events' and the
-    resync's job.
-    """
+def _stale(key: tuple[str, str], meta: Mapping[str, Any]) -> bool:
     seen = _RECONCILED.get(key)
     generation = meta.get("generation")
     if seen is None or generation is None or seen[0] != meta.get("uid"):
-        return None
-    if int(generation) < seen[1]:
-        return "stale"
-    if trigger in _SPEC_TRIGGERS and int(generation) == seen[1] and seen[2]:
-        return "done"
-    return None
+        return False
+    return int(generation) < seen[1]
 
 
 def _counted(kube: Kube, body: Mapping[str, Any], trigger: str, attempt: int = 0) -> None:
     meta = body["metadata"]
     key = (meta["namespace"], meta["name"])
     with object_lock(*key):
-        why = _skip(key, meta, trigger)
-        if why is not None:
-            log.debug("%s/%s: no reconcile for %s (%s)", *key, trigger, why)
-            metrics.SKIPPED.labels(why=why).inc()
+        if _stale(key, meta):
+            log.debug("%s/%s: skipping an older copy of the spec (%s)", *key, trigger)
             return
-        succeeded = False
         try:
             _track_rollout(key, reconcile(kube, body, trigger, attempt))
-            succeeded = True
         except kopf.TemporaryError:
             metrics.ERRORS.labels(kind="temporary").inc()
             raise
@@ -904,7 +883,7 @@ def _counted(kube: Kube, body: Mapping[str, Any], trigger: str, attempt: int = 0
             raise
         finally:
             if meta.get("uid") and meta.get("generation") is not None:
-                _RECONCILED[key] = (str(meta["uid"]), int(meta["generation"]), succeeded)
+                _RECONCILED[key] = (str(meta["uid"]), int(meta["generation"]))
 
 
 @kopf.on.event(RAY_GROUP, RAY_VERSION, RAYSERVICES, labels={c.LABEL_MANAGED_BY: c.FIELD_MANAGER})

@@ -309,46 +309,6 @@ def test_an_older_copy_of_the_spec_never_overwrites_a_newer_one() -> None:
     assert kube.rayservices[(NS, "stale-check")]["spec"] != applied
 
 
-def test_kopf_handler_for_a_generation_another_trigger_reconciled_does_nothing() -> None:
-    """In a burst the resync often reaches an object before kopf's queue does; kopf's handler
-    then brings a copy from before that reconcile's writes and must not redo it (it cost a
-    status write refused with 409 and a GET). Only a success counts, and only for the spec
-    handler: a failed reconcile is redone, and other triggers look at more than the spec."""
-    from llmservice_operator import metrics
-
-    def skipped() -> float:
-        return metrics.SKIPPED.labels(why="done")._value.get()
-
-    kube = FakeKube()
-    kopf_copy = tiny()
-    kopf_copy["metadata"]["name"] = "burst"
-    listed = copy.deepcopy(kopf_copy)
-    _counted(kube, listed, "resync")
-    assert kube.rayservices[(NS, "burst")] and len(kube.statuses) == 1
-    before = skipped()
-    for reason in ("create", "resume", "update"):
-        _counted(kube, copy.deepcopy(kopf_copy), reason)
-    assert len(kube.statuses) == 1 and kube.reads.count("RayService") == 1
-    assert skipped() == before + 3
-    _counted(kube, copy.deepcopy(kopf_copy), "rayservice-event")  # not the spec's trigger
-    assert skipped() == before + 3
-
-    # A reconcile that failed at this generation is redone by the spec handler.
-    failing = FakeKube()
-
-    def refuse(obj: Any) -> None:
-        raise kopf.PermanentError("rayservices is forbidden")
-
-    failing.apply_hook = refuse
-    other = copy.deepcopy(kopf_copy)
-    other["metadata"].update(name="refused", uid="u-refused")
-    with pytest.raises(BackedOff):
-        _counted(failing, copy.deepcopy(other), "resync")
-    failing.apply_hook = None
-    _counted(failing, copy.deepcopy(other), "create")
-    assert (NS, "refused") in failing.rayservices and skipped() == before + 3
-
-
 def test_a_literal_credential_is_an_event_and_a_status_warning_once() -> None:
     kube = FakeKube()
     body = tiny(env=[{"name": "AWS_SECRET_ACCESS_KEY", "value": "abc123"}])
