@@ -24,6 +24,7 @@ import kopf
 from llmservice_operator import canary, capacity, metrics, scale
 from llmservice_operator import constants as c
 from llmservice_operator.api.models import LLMService, LLMServiceStatus, RolloutStatus
+from llmservice_operator.bookkeeping import HandledGenerations, RetryProgress
 from llmservice_operator.children import Children, Key, key_of
 from llmservice_operator.errors import InvalidSpecError
 from llmservice_operator.k8s import (
@@ -564,6 +565,8 @@ def _desired(svc: LLMService, p: Plan) -> Desired:
 # and how long one waits for its object's next event before it leaves.
 QUEUE_WORKERS_PER_THREAD = 32
 QUEUE_IDLE_S = 1.0
+HANDLED = HandledGenerations()
+PROGRESS = RetryProgress(prefix=c.GROUP)
 
 
 @kopf.on.startup()
@@ -574,10 +577,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo["kube"] = Kube(serve_direct=config.serve_api_direct(in_cluster))
     # Our own prefixes: kopf's bookkeeping never collides with another kopf operator's.
     settings.persistence.finalizer = f"{c.GROUP}/finalizer"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=c.GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=c.GROUP, key="last-handled-configuration"
-    )
+    # kopf's diff base and handler progress in memory: a handled object is never patched for
+    # kopf's sake (bookkeeping.py). Prefixed, for the wake-up annotation of a delayed retry.
+    settings.persistence.progress_storage = PROGRESS
+    settings.persistence.diffbase_storage = HANDLED
     # Watches end server-side before any proxy/LB idle timeout cuts them silently
     # (kopf docs, "configuration": watching.server_timeout / client_timeout).
     settings.watching.server_timeout = config.watch_server_timeout
@@ -809,6 +812,8 @@ async def on_llmservice_event(
     namespace, name, uid = str(meta["namespace"]), str(meta["name"]), meta.get("uid")
     forget(namespace, name)
     if uid:
+        HANDLED.forget(str(uid))
+        PROGRESS.forget(str(uid))
         await asyncio.to_thread(collect_children, memo["kube"], namespace, name, str(uid))
 
 

@@ -88,10 +88,10 @@ def warnings(spec: LLMServiceSpec) -> list[FieldError]:
     return found
 
 
-# The whole spec, serialized. kopf keeps a copy in an annotation (last-handled-configuration),
-# and so does a client-side `kubectl apply` (last-applied-configuration): both must fit the API
-# server's 256 KiB cap on an object's annotations. The RayService repeats env once per Ray pod
-# template, within etcd's 1.5 MiB per object.
+# The whole spec, serialized. A client-side `kubectl apply` keeps a copy in an annotation
+# (last-applied-configuration; earlier versions of this operator kept kopf's diff base too),
+# and an object's annotations must fit the API server's 256 KiB cap in all. The RayService
+# repeats env once per Ray pod template, within etcd's 1.5 MiB per object.
 MAX_SPEC_BYTES = 100 * 1024
 
 
