@@ -31,6 +31,8 @@ RAYSERVICES = "rayservices"
 RAYCLUSTERS = "rayclusters"
 JSON_PATCH = "application/json-patch+json"
 APPLY_PATCH = "application/apply-patch+yaml"
+# A GET that answers with the object's metadata only.
+PARTIAL_METADATA = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 MERGE_PATCH = "application/merge-patch+json"
 
 # Transient API failures: retry soon. Anything else 4xx means the request itself is wrong.
@@ -344,6 +346,33 @@ class Kube:
                 _request_timeout=REQUEST_TIMEOUT_S,
             )
             return cast(dict[str, Any], self.core.api_client.sanitize_for_serialization(applied))
+
+    def configmap_exists(self, namespace: str, name: str) -> bool | None:
+        """Whether the ConfigMap exists (None: RBAC does not let us look at that name).
+
+        Only its metadata is asked for (PartialObjectMetadata): serve_app's sources are ~45 KiB
+        that a look does not need. The chart grants `get` on the one name its operator version
+        renders; an operator of another version (an image.tag from another release) is refused
+        the look and creates instead, as before.
+        """
+        what = f"get ConfigMap {namespace}/{name}"
+        with classified(what, "get", "configmaps"):
+            api = self.core.api_client
+            request = api.param_serialize(
+                "GET",
+                f"/api/v1/namespaces/{namespace}/configmaps/{name}",
+                header_params={"Accept": PARTIAL_METADATA},
+                auth_settings=["BearerToken"],
+            )
+            resp = api.call_api(*request, _request_timeout=REQUEST_TIMEOUT_S)
+            resp.read()
+            if resp.status == 200:
+                return True
+            if resp.status == 404:
+                return False
+            if resp.status == 403:
+                return None
+            raise ApiException(http_resp=resp)
 
     def create_configmap(self, obj: Mapping[str, Any]) -> bool:
         """Create the ConfigMap unless one of that name exists (True: created). For immutable

@@ -79,9 +79,11 @@ def _now() -> str:
 class CodeConfigMaps:
     """Which namespaces have the serve_app ConfigMap (render/code.py), as this process knows.
 
-    A create per namespace and code digest, not per reconcile: at 10,000 LLMServices in one
-    namespace that is one write. A resync looks again every RECHECK_S (a ConfigMap someone
-    deleted is back within that; pods that restart meanwhile wait in ContainerCreating).
+    A look per namespace and code digest, not per reconcile: at 10,000 LLMServices in one
+    namespace that is one read, and a create only where it is missing (or RBAC does not let us
+    look). A resync looks again every RECHECK_S (a ConfigMap someone deleted is back within
+    that; pods that restart meanwhile wait in ContainerCreating): a read, so a resync over
+    unchanged objects writes nothing.
     """
 
     RECHECK_S = 300.0
@@ -98,7 +100,14 @@ class CodeConfigMaps:
             last = self._ensured.get(key)
         if last is not None and not (recheck and now - last >= self.RECHECK_S):
             return
-        if kube.create_configmap(configmap):
+        exists = kube.configmap_exists(*key)
+        if exists is None:
+            log.warning(
+                "ConfigMap %s/%s: get is forbidden (the chart grants it for its own release's "
+                "code digest only: is the operator image of another release?); creating instead",
+                *key,
+            )
+        if not exists and kube.create_configmap(configmap):
             log.info("ConfigMap %s/%s created (serve_app code)", *key)
         with self._lock:
             self._ensured[key] = now

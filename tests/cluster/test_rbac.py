@@ -289,6 +289,11 @@ def denied_outside_the_job(
         "POST through a pod proxy": lambda: core.connect_post_namespaced_pod_proxy(
             "x:8080", watched
         ),
+        # ConfigMaps: serve_app's is looked up by its one name; no other is read or listed.
+        "read another ConfigMap": lambda: core.read_namespaced_config_map(
+            "kube-root-ca.crt", watched
+        ),
+        "list ConfigMaps": lambda: core.list_namespaced_config_map(watched),
         # Services: only proxied GETs (Ray Serve's state), never written through the proxy.
         "POST through a service proxy": lambda: core.connect_post_namespaced_service_proxy(
             "x:dashboard", watched

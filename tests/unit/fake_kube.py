@@ -63,6 +63,8 @@ class FakeKube:
         self.room: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None = None
         self.configmaps: dict[tuple[str, str], dict[str, Any]] = {}
         self.configmap_creates = 0  # create calls, whether or not one existed
+        self.configmap_gets = 0
+        self.configmap_get_forbidden = False  # RBAC without get on the ConfigMap's name
 
     # --- the Kube facade -----------------------------------------------------------
     def get_rayservice(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -122,6 +124,12 @@ class FakeKube:
         self.networkpolicies[(meta["namespace"], meta["name"])] = new
         self.policy_writes.append(("apply", meta["name"]))
         return copy.deepcopy(new)
+
+    def configmap_exists(self, namespace: str, name: str) -> bool | None:
+        self.configmap_gets += 1
+        if self.configmap_get_forbidden:
+            return None
+        return (namespace, name) in self.configmaps
 
     def create_configmap(self, obj: Mapping[str, Any]) -> bool:
         if self.apply_hook is not None:

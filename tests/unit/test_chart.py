@@ -10,6 +10,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,7 @@ NAMESPACED_RULES = {
     ("ray.io", "rayclusters"): {"get", "patch"},
     ("networking.k8s.io", "networkpolicies"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "pods"): {"list"},
-    ("", "configmaps"): {"create"},
+    ("", "configmaps"): {"create", "get"},  # get: of one name (test below)
     ("", "services/proxy"): {"get"},
     ("", "pods/proxy"): {"get"},
     ("", "events"): {"create", "list", "watch"},
@@ -226,6 +227,23 @@ def test_cluster_mode_rbac_is_exactly_what_the_operator_does() -> None:
         {"kind": "ServiceAccount", "name": sa["name"], "namespace": NAMESPACE}
     ]
     assert binding["roleRef"]["name"] == one(objs, "ClusterRole")["metadata"]["name"]
+
+
+@pytest.mark.parametrize("case", MATRIX)
+def test_configmaps_are_read_by_one_name_only_the_operators_own(case: str) -> None:
+    from llmservice_operator.render.code import packaged
+
+    roles = [o for o in render(*MATRIX[case]) if o["kind"] in ("Role", "ClusterRole")]
+    reads = [
+        rule
+        for role in roles
+        for rule in role["rules"]
+        if "configmaps" in rule["resources"] and set(rule["verbs"]) - {"create"}
+    ]
+    assert reads
+    for rule in reads:
+        assert rule["verbs"] == ["get"] and rule["resources"] == ["configmaps"], rule
+        assert rule["resourceNames"] == [packaged().configmap_name], rule
 
 
 def test_cluster_mode_with_peering_adds_only_cluster_peerings() -> None:
@@ -462,6 +480,7 @@ def test_gen_manifests_check_names_a_stale_file(tmp_path: Path) -> None:
         text=True,
         check=False,
         timeout=120,
+        env={**os.environ, "PY": sys.executable},  # it names the ConfigMap with our code
     )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [

@@ -771,6 +771,24 @@ def test_a_resync_puts_back_a_deleted_code_configmap(monkeypatch: pytest.MonkeyP
     assert len(kube.configmaps) == 1
 
 
+def test_an_unchanged_resync_only_reads_the_code_configmap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from llmservice_operator import reconcile as module
+
+    kube = FakeKube()
+    reconcile(kube, tiny(), "create")
+    assert (kube.configmap_gets, kube.configmap_creates) == (1, 1)  # looked, missing: created
+    monkeypatch.setattr(module.CodeConfigMaps, "RECHECK_S", 0.0)
+    reconcile(kube, tiny(), "resync")
+    assert (kube.configmap_gets, kube.configmap_creates) == (2, 1)  # a look, no write
+    # RBAC grants the look for one name: an operator of another version is refused it.
+    kube.configmap_get_forbidden = True
+    reconcile(kube, tiny(), "resync")
+    assert (kube.configmap_gets, kube.configmap_creates) == (3, 2)  # then it creates, as before
+    assert len(kube.configmaps) == 1
+
+
 def test_a_refused_code_configmap_is_an_apply_error_and_nothing_else_is_written() -> None:
     kube = FakeKube()
 

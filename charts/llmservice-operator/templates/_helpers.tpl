@@ -72,8 +72,9 @@ Rules the operator needs in every namespace it serves: exactly the API calls of
 llmservice_operator/k8s.py and kopf's watches, patches and events.
 */}}
 {{- define "llmservice-operator.namespacedRules" -}}
-# kopf watches LLMServices (list, watch) and patches its bookkeeping annotations on them
-# (patch); the periodic resync lists them and owned-RayService events fetch the parent (get).
+# kopf watches LLMServices (list, watch) and patches an annotation that wakes a delayed retry
+# (patch; its other bookkeeping stays in the operator's memory); the periodic resync lists them
+# and owned-RayService events fetch the parent (get).
 - apiGroups: ["llmservice.dev"]
   resources: ["llmservices"]
   verbs: ["get", "list", "watch", "patch"]
@@ -105,10 +106,16 @@ llmservice_operator/k8s.py and kopf's watches, patches and events.
   resources: ["networkpolicies"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # serve_app's code for the Ray pods: one immutable ConfigMap per namespace and code digest,
-# created when missing (never read, changed or deleted: create alone).
+# looked up by name and created when missing. The look is granted for that one name only (the
+# digest of this release's code, files/serve-app-configmap.txt, generated with the operator);
+# nothing is listed, changed or deleted.
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["create"]
+- apiGroups: [""]
+  resources: ["configmaps"]
+  resourceNames: [{{ .Files.Get "files/serve-app-configmap.txt" | trim | quote }}]
+  verbs: ["get"]
 # Which worker pods host no Serve replica, so a scale-down removes an idle one.
 - apiGroups: [""]
   resources: ["pods"]
