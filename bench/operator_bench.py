@@ -6,7 +6,7 @@ Reports the time until every RayService exists, the p50/p99 latency from an LLMS
 create call returning to its RayService appearing (watched) during the burst, the same latency
 once steady (50 more, one at a time, polled every 10 ms, with N live), the operator's peak RSS
 (VmHWM), the Kubernetes API requests per reconcile (the operator's own counter,
-llmservice_api_requests_total: kopf's watches and bookkeeping patches not included), and what
+llmservice_api_requests_total: kopf's watches and retry wake-ups not included), and what
 one whole resync pass over the unchanged N costs: its requests per object and its writes (the
 goal is none). During the burst it also reports the operator's and the API server's CPU seconds
 and the API server's own request time by verb and resource (its /metrics): where the time went.
@@ -277,8 +277,7 @@ def run(n: int, keep_kuberay: bool, resync_interval: float) -> dict[str, Any]:
             "api_requests_per_reconcile": round(_requests(after_steady) / max(reconciles, 1), 2),
             "resync_requests_per_object": round(pass_requests / total, 2),
             "resync_writes_unchanged": sum(pass_writes.values()),
-            # Which: the serve_app ConfigMap's recheck (a create, refused with 409 where it is
-            # in place; every RECHECK_S per namespace) is one that changes nothing.
+            # Which, if any (the serve_app ConfigMap's recheck is a read since it looks first).
             "resync_writes_unchanged_by_request": {k: v for k, v in pass_writes.items() if v},
             **changed,
             "burst_operator_cpu_s": round(cpu_after - cpu_before, 1),

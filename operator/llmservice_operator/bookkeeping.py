@@ -20,7 +20,6 @@ kopf calls these from its event loop only; `forget` too (the DELETED event's han
 from __future__ import annotations
 
 import copy
-from typing import Any
 
 import kopf
 
@@ -34,16 +33,17 @@ class HandledGenerations(kopf.DiffBaseStorage):
 
     def __init__(self) -> None:
         super().__init__()
-        self._handled: dict[str, Any] = {}
+        self._handled: dict[str, int | None] = {}
 
     def __len__(self) -> int:
         return len(self._handled)
 
     def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
-        if _uid(body) not in self._handled:
+        uid = _uid(body)
+        if uid not in self._handled:
             return None  # never handled by this process: a creation (or a resume) for kopf
         essence = self.build(body=body)
-        if self._handled[_uid(body)] != body.metadata.get("generation"):
+        if self._handled[uid] != body.metadata.get("generation"):
             # A newer spec: an essence without one makes kopf see the spec changed (an update).
             essence.pop("spec", None)
         return essence

@@ -602,9 +602,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.peering.name = config.peering_name
     settings.peering.mandatory = False
     settings.execution.max_workers = config.max_workers
-    # kopf runs one worker per object with events, and each worker's patch of kopf's own
-    # annotations takes a TLS connection of its own (kopf's pool is unbounded, ~128 KiB each):
-    # at 4,000 creates at once 326 of them were traced. The bound caps both; the watch waits
+    # kopf runs one worker per object with events, and each worker's patch (then kopf's own
+    # annotations, now only a retry's wake-up) takes a TLS connection of its own (kopf's pool is
+    # unbounded, ~128 KiB each): at 4,000 creates at once 326 of them were traced. The bound
+    # caps both; the watch waits
     # for a free worker. Workers leave 1 s after their object's last event (kopf: 5 s), so the
     # bound did not slow a burst (bench/operator_bench.py, README "Scale").
     settings.queueing.worker_limit = QUEUE_WORKERS_PER_THREAD * config.max_workers
